@@ -1,0 +1,1 @@
+"""Pure building blocks of the harmonization pipeline: models, data, metrics, storage, tracking."""

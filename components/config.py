@@ -1,0 +1,313 @@
+"""Typed configuration: ``params.yaml`` (plus an optional profile and ``key=value`` overrides) -> dataclasses.
+
+One source of truth: every CLI flag of every stage is an override of a key here (``-S train.epochs=2``,
+the same syntax as ``dvc exp run -S``). Unknown keys and wrong types fail loudly, naming the file and key,
+because a silently ignored typo in a training config costs a whole run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROFILES_DIR = "profiles"
+
+
+class ConfigError(ValueError):
+    """A params file, profile or override that cannot be turned into the typed config."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StorageConfig:
+    """Where heavy artifacts live: a local folder or ``s3://bucket/prefix``."""
+
+    root: str = "data/store"
+    # S3-compatible endpoint (MinIO, moto, ...); ``AWS_ENDPOINT_URL`` is used when this is null.
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+
+
+@dataclass
+class SourceConfig:
+    """One input of ``prepare``: ``builtin``, ``photos_masks`` or ``iharmony4``; ``path`` local or s3://."""
+
+    kind: str = "builtin"
+    path: str | None = None
+    # Subset name written on every row (defaults: the kind for builtin/photos_masks, the folder name
+    # of each subset for iharmony4).
+    subset: str | None = None
+    # Use at most this many photos / composites from the source (null: all).
+    limit: int | None = None
+
+
+@dataclass
+class PrepareConfig:
+    name: str = "default"  # dataset name: shards go to <storage.root>/datasets/<name>/
+    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
+    image_size: int = 64
+    seed: int = 0
+    crops_per_photo: int = 24  # builtin source: crops per photo, at several scales
+    composites_per_photo: int = 1  # synthesized composites per (crop of a) photo
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    methods: list[str] = field(
+        default_factory=lambda: ["lab_transfer", "rgb_transfer", "histogram", "retouch"]
+    )
+    # Rejection band on the foreground MSE between composite and real (0..255 scale).
+    fg_mse_min: float = 100.0
+    fg_mse_max: float = 2500.0
+    fg_ratio_min: float = 0.03
+    fg_ratio_max: float = 0.5
+    rows_per_shard: int = 4096
+    rows_per_row_group: int = 64
+    processes: int = 1
+    card: str = "metrics/dataset_card.json"
+    manifest: str = "data/prepared/manifest.json"
+    samples_png: str = "reports/prepare_samples.png"
+
+
+@dataclass
+class ModelConfig:
+    """Model sections are registry specs: ``name`` picks the builder, the other keys are its arguments.
+
+    ``components.models.registry.build_model`` validates the arguments against the builder.
+    """
+
+    generator: dict[str, Any] = field(
+        default_factory=lambda: {"name": "rainnet", "placement": "rain-decoder", "ngf": 64}
+    )
+    discriminator: dict[str, Any] = field(default_factory=lambda: {"name": "global_d"})
+    domain_discriminator: dict[str, Any] = field(default_factory=lambda: {"name": "domain_d"})
+
+
+@dataclass
+class TrainConfig:
+    run_name: str = "rainnet-default"
+    experiment: str = "harmonization-train"
+    dataset: str | None = None  # dataset name under <root>/datasets (null: prepare.name)
+    epochs: int = 10  # epochs at constant lr ...
+    decay_epochs: int = 0  # ... then this many epochs of linear decay to 0
+    batch_size: int = 8
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    init_gain: float = 0.02
+    gan: bool = False  # false: L1 only (quick runs); true: + global D and domain-verification D
+    lambda_adv: float = 1.0
+    lambda_v: float = 1.0
+    lambda_l1: float = 100.0
+    gp_weight: float = 0.0
+    hflip: bool = True
+    seed: int = 0
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    gpus_per_worker: float = 1.0
+    max_failures: int = 1
+    log_every_steps: int = 10
+    max_steps_per_epoch: int | None = None
+    weights_out: str = "models/generator.pt"
+    metrics_out: str = "metrics/train.json"
+    plots_out: str = "metrics/train_epochs.csv"
+
+
+@dataclass
+class EvaluateConfig:
+    experiment: str = "harmonization-eval"
+    model: str = "models/generator.pt"  # checkpoint file, runs:/<id>/model or models:/<name>@<alias>
+    data: str | None = None  # iHarmony4-layout folder (local or s3://); null: the prepare test shards
+    batch_size: int = 16
+    per_image_out: str = "metrics/eval_per_image.csv"
+    summary_out: str = "metrics/eval.json"
+
+
+@dataclass
+class RegisterConfig:
+    model_name: str | None = None  # null: derived from the generator ("rainnet" or "dih")
+    metric: str = "fmse"  # promotion rule: challenger becomes champion if it beats the champion ...
+    mode: str = "min"  # ... on this overall metric in this direction
+    card_out: str = "reports/model_card.md"
+    out: str = "metrics/register.json"
+
+
+@dataclass
+class HarmonizeConfig:
+    model: str = "models/generator.pt"
+    max_pixels: int = 64_000_000
+
+
+@dataclass
+class Params:
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    register: RegisterConfig = field(default_factory=RegisterConfig)
+    harmonize: HarmonizeConfig = field(default_factory=HarmonizeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    """Coerce/validate one scalar or container value against a dataclass field annotation."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: null is not allowed")
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_check_type(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    kwargs = {k: _check_type(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.epochs=3`` -> (["train", "epochs"], 3); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key.path=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {exc}") from None
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: typing.Iterable[str]) -> dict:
+    data = copy.deepcopy(data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {part} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def load_params(
+    path: str | Path = "params.yaml",
+    overrides: typing.Iterable[str] = (),
+    profile: str | None = None,
+) -> Params:
+    """Read ``params.yaml``, merge ``profiles/<profile>.yaml`` over it, then apply ``key=value`` overrides."""
+    path = Path(path)
+    data = _read_yaml(path)
+    if profile:
+        prof = Path(profile)
+        if not prof.suffix:
+            prof = path.parent / PROFILES_DIR / f"{profile}.yaml"
+        data = _deep_merge(data, _read_yaml(prof))
+    data = apply_overrides(data, overrides)
+    try:
+        return _from_dict(Params, data, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: the form MLflow params and DVC params take."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,112 @@
+"""One URI root for heavy artifacts: a local folder or ``s3://bucket/prefix`` (pyarrow's filesystems).
+
+Everything that reads or writes shards, checkpoints or models goes through here, so that switching a
+stage from a laptop folder to a cluster bucket is a change of ``storage.root`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def join(root: str, *parts: str) -> str:
+    """Join URI parts with ``/`` (works for both ``s3://`` and local paths)."""
+    root = str(root)
+    if is_s3(root):
+        return posixpath.join(root.rstrip("/"), *parts)
+    return str(Path(root, *parts))
+
+
+@dataclass(frozen=True)
+class S3Options:
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+
+    @classmethod
+    def from_config(cls, storage) -> S3Options:
+        return cls(endpoint_url=storage.endpoint_url, region=storage.region)
+
+    def resolved_endpoint(self) -> str | None:
+        return (
+            self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        )
+
+
+def filesystem(uri: str, s3: S3Options | None = None) -> tuple[pafs.FileSystem, str]:
+    """Return ``(filesystem, path inside it)`` for a URI; credentials come from the usual AWS variables."""
+    uri = str(uri)
+    if is_s3(uri):
+        s3 = s3 or S3Options()
+        endpoint = s3.resolved_endpoint()
+        kwargs: dict = {"region": s3.region}
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+            kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+        fs = pafs.S3FileSystem(**kwargs)
+        return fs, uri[len("s3://") :].rstrip("/")
+    return pafs.LocalFileSystem(), str(Path(uri).absolute())
+
+
+def boto3_client(s3: S3Options | None = None):
+    """A boto3 S3 client honouring the configured endpoint (for buckets, listing, small objects)."""
+    import boto3
+
+    s3 = s3 or S3Options()
+    return boto3.client("s3", endpoint_url=s3.resolved_endpoint(), region_name=s3.region)
+
+
+def exists(uri: str, s3: S3Options | None = None) -> bool:
+    fs, path = filesystem(uri, s3)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def makedirs(uri: str, s3: S3Options | None = None) -> None:
+    fs, path = filesystem(uri, s3)
+    fs.create_dir(path, recursive=True)
+
+
+def list_files(uri: str, suffix: str = "", s3: S3Options | None = None) -> list[str]:
+    """Files directly under a folder URI, sorted, as full URIs."""
+    fs, path = filesystem(uri, s3)
+    info = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    prefix = "s3://" if is_s3(uri) else ""
+    return sorted(prefix + i.path for i in info if i.type == pafs.FileType.File and i.path.endswith(suffix))
+
+
+def read_bytes(uri: str, s3: S3Options | None = None) -> bytes:
+    fs, path = filesystem(uri, s3)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes_atomic(uri: str, data: bytes, s3: S3Options | None = None) -> None:
+    """Write to a temporary name, then rename: readers never see half a file.
+
+    On S3 an object only appears once its upload completes, which gives the same guarantee.
+    """
+    fs, path = filesystem(uri, s3)
+    parent = posixpath.dirname(path) if is_s3(uri) else os.path.dirname(path)
+    if parent:
+        fs.create_dir(parent, recursive=True)
+    if is_s3(uri):
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+        return
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

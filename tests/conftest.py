@@ -1,0 +1,158 @@
+"""Real services for the tests: a moto S3 server, a Ray head and an MLflow server, all on 127.0.0.1.
+
+Each is started once per session on a free port, only when a test asks for it, and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LALONDE = REPO.parent / "shared" / "data" / "lalonde"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server for {url} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except Exception:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def _start(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        cmd,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,  # own process group: teardown kills the server and its children
+    )
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def lalonde() -> Path:
+    """The shared real-photo data set (development data; the product itself never needs it)."""
+    if not (LALONDE / "photos").is_dir():
+        pytest.skip(f"shared data not found at {LALONDE}")
+    return LALONDE
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory) -> str:
+    """A real S3 endpoint (moto's server) on 127.0.0.1; AWS credentials and endpoint set in the env."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    proc = _start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log)
+    url = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in _AWS_ENV}
+    try:
+        wait_http(f"{url}/moto-api/", proc=proc)
+        os.environ.update(
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_ENDPOINT_URL=url,
+        )
+        yield url
+    finally:
+        _stop(proc)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+_AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+
+
+@pytest.fixture
+def s3_bucket(moto_endpoint) -> str:
+    """A fresh, empty bucket on the moto server: ``s3://<name>``."""
+    import boto3
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory) -> dict:
+    """A real Ray head (``ray start --head --block``) on 127.0.0.1 with the dashboard for job submission.
+
+    Yields ``{"address": "127.0.0.1:PORT", "dashboard": "http://127.0.0.1:PORT"}``.
+    """
+    port, dash = free_port(), free_port()
+    temp_dir = Path("/tmp") / f"ray_{uuid.uuid4().hex[:8]}"
+    log = tmp_path_factory.mktemp("ray") / "ray.log"
+    cmd = [
+        str(BIN / "ray"), "start", "--head", "--block",
+        "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+        f"--temp-dir={temp_dir}", "--disable-usage-stats",
+    ]  # fmt: skip
+    proc = _start(cmd, log, env={"RAY_USAGE_STATS_ENABLED": "0"})
+    info = {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
+    try:
+        wait_http(f"{info['dashboard']}/api/version", timeout=180, proc=proc)
+        yield info
+    finally:
+        _stop(proc, timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> str:
+    """A real MLflow tracking server (sqlite backend, local artifact store) on 127.0.0.1; yields its URL."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    cmd = [
+        str(BIN / "mlflow"), "server",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    proc = _start(cmd, root / "mlflow.log", env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", timeout=180, proc=proc)
+        yield url
+    finally:
+        _stop(proc)

@@ -128,14 +128,20 @@ class EvaluateConfig:
     experiment: str = "harmonization-eval"
     model: str = "models/generator.pt"  # checkpoint file, runs:/<id>/model or models:/<name>@<alias>
     data: str | None = None  # iHarmony4-layout folder (local or s3://); null: the prepare test shards
+    split: str = "test"  # which list (<subset>_<split>.txt) or shard split to evaluate
+    image_size: int | None = None  # evaluation size; null: the model's training size
     batch_size: int = 16
+    device: str = "auto"  # auto: cuda when present, else cpu
+    run_name: str | None = None  # null: eval-<model>-<placement>-<data>
     per_image_out: str = "metrics/eval_per_image.csv"
     summary_out: str = "metrics/eval.json"
+    summary_md: str = "reports/eval_summary.md"
 
 
 @dataclass
 class RegisterConfig:
     model_name: str | None = None  # null: derived from the generator ("rainnet" or "dih")
+    eval_in: str = "metrics/eval.json"  # evaluate's summary: which model, which test set, its metrics
     metric: str = "fmse"  # promotion rule: challenger becomes champion if it beats the champion ...
     mode: str = "min"  # ... on this overall metric in this direction
     card_out: str = "reports/model_card.md"
@@ -144,8 +150,10 @@ class RegisterConfig:
 
 @dataclass
 class HarmonizeConfig:
-    model: str = "models/generator.pt"
-    max_pixels: int = 64_000_000
+    model: str = "models/generator.pt"  # checkpoint file, s3://, runs:/<id>/model or models:/<name>@<alias>
+    max_pixels: int = 64_000_000  # larger inputs are refused (memory): about 8000x8000
+    mapping: str = "poly2"  # low-res -> full-res: poly2, poly3, affine (colour mappings) or upsample
+    device: str = "auto"
 
 
 @dataclass

@@ -1,0 +1,55 @@
+"""Model registry: ``build_model({"name": ..., **kwargs})`` builds any generator or discriminator.
+
+Specs come from ``params.yaml`` (``model.generator`` etc.), so arguments are checked against the
+builder's signature: a typo must fail with the allowed keys listed, never be silently ignored.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: make a builder (class or function) available as ``name`` in :data:`MODELS`."""
+
+    def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in MODELS:
+            raise ValueError(f"model name {name!r} is already registered")
+        MODELS[name] = builder
+        return builder
+
+    return deco
+
+
+def allowed_arguments(name: str) -> list[str]:
+    """The keyword arguments the builder ``name`` accepts."""
+    return [p for p in inspect.signature(MODELS[name]).parameters if p not in ("self", "args", "kwargs")]
+
+
+def build_model(spec: dict[str, Any]) -> nn.Module:
+    """Build ``spec["name"]`` with the other keys as keyword arguments (validated, ``ValueError`` if not)."""
+    _ensure_registered()
+    if not isinstance(spec, dict):
+        raise ValueError(f"model spec must be a mapping with a 'name' key, got {spec!r}")
+    if "name" not in spec:
+        raise ValueError(f"model spec {spec!r} has no 'name'; known models: {', '.join(sorted(MODELS))}")
+    name = spec["name"]
+    if name not in MODELS:
+        raise ValueError(f"unknown model name {name!r}; known models: {', '.join(sorted(MODELS))}")
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    allowed = allowed_arguments(name)
+    for key in kwargs:
+        if key not in allowed:
+            raise ValueError(f"model {name!r} has no argument {key!r}; allowed: {', '.join(allowed)}")
+    return MODELS[name](**kwargs)
+
+
+def _ensure_registered() -> None:
+    """Import the model modules so their ``@register`` decorators have run."""
+    from . import rainnet  # noqa: F401

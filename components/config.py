@@ -94,7 +94,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    run_name: str = "rainnet-default"
+    run_name: str | None = None  # null: <model>-<placement>-<dataset>, e.g. rainnet-rain-decoder-default
     experiment: str = "harmonization-train"
     dataset: str | None = None  # dataset name under <root>/datasets (null: prepare.name)
     epochs: int = 10  # epochs at constant lr ...
@@ -109,6 +109,8 @@ class TrainConfig:
     lambda_v: float = 1.0
     lambda_l1: float = 100.0
     gp_weight: float = 0.0
+    lambda_mask: float = 1.0  # DIH's mask head (BCE against the foreground mask); unused by RainNet
+    amp: bool = True  # bf16 autocast, on GPU only
     hflip: bool = True
     seed: int = 0
     num_workers: int = 1
@@ -118,6 +120,8 @@ class TrainConfig:
     max_failures: int = 1
     log_every_steps: int = 10
     max_steps_per_epoch: int | None = None
+    sample_grid: int = 4  # validation samples in the per-epoch grid PNG
+    checkpoints_to_keep: int = 2
     weights_out: str = "models/generator.pt"
     metrics_out: str = "metrics/train.json"
     plots_out: str = "metrics/train_epochs.csv"

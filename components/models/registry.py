@@ -52,4 +52,4 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
 
 def _ensure_registered() -> None:
     """Import the model modules so their ``@register`` decorators have run."""
-    from . import rainnet  # noqa: F401
+    from . import dih, discriminators, rainnet  # noqa: F401

@@ -58,8 +58,8 @@ class PrepareConfig:
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
     image_size: int = 64
     seed: int = 0
-    crops_per_photo: int = 24  # builtin source: crops per photo, at several scales
-    composites_per_photo: int = 1  # synthesized composites per (crop of a) photo
+    crops_per_photo: int = 96  # builtin source: crops per photo, at several scales
+    composites_per_photo: int = 2  # synthesized composites per (crop of a) photo
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     methods: list[str] = field(
@@ -72,6 +72,7 @@ class PrepareConfig:
     fg_ratio_max: float = 0.5
     rows_per_shard: int = 4096
     rows_per_row_group: int = 64
+    shard_max_mb: float = 256.0  # a shard is closed at rows_per_shard rows or this many MB of images
     processes: int = 1
     card: str = "metrics/dataset_card.json"
     manifest: str = "data/prepared/manifest.json"

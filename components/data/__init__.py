@@ -1,0 +1,1 @@
+"""Dataset preparation: sources -> object masks -> synthesized composites -> Parquet shards (+ reader)."""

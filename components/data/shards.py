@@ -1,0 +1,305 @@
+"""Parquet shards of triplets: the writer ``prepare`` uses and the readers training uses.
+
+Layout: ``<root>/datasets/<name>/<split>-NNNNN.parquet`` (zstd, PNG bytes, small row groups so a reader
+streams a group at a time). The same rows always give the same bytes: no timestamps in the metadata,
+fixed schema and column order.
+
+Readers: :class:`ShardDataset` (a torch ``IterableDataset``; each DDP rank and each DataLoader worker
+reads a distinct, equally sized part of every epoch) and :func:`ray_dataset` (Ray Data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import posixpath
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from torch.utils.data import IterableDataset, get_worker_info
+
+from components import storage
+from components.storage import S3Options
+
+SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("scene_id", pa.string()),
+        ("subset", pa.string()),
+        ("split", pa.string()),
+        ("source", pa.string()),
+        ("method", pa.string()),
+        ("composite", pa.binary()),
+        ("mask", pa.binary()),
+        ("real", pa.binary()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("fg_ratio", pa.float32()),
+        ("fg_mse", pa.float32()),
+    ]
+)
+IMAGE_COLUMNS = ("composite", "mask", "real")
+SHARD_RE = re.compile(r"^(train|val|test)-(\d{5})\.parquet$")
+
+
+def dataset_dir(root: str, name: str) -> str:
+    return storage.join(root, "datasets", name)
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:05d}.parquet"
+
+
+# --------------------------------------------------------------------------------------------------
+# writer
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ShardInfo:
+    uri: str
+    split: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+def table_bytes(rows: list[dict], rows_per_row_group: int) -> bytes:
+    """Rows -> Parquet file bytes (deterministic: same rows, same bytes)."""
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    sink = pa.BufferOutputStream()
+    pq.write_table(
+        table,
+        sink,
+        compression="zstd",
+        row_group_size=rows_per_row_group,
+        write_statistics=[c for c in SCHEMA.names if c not in IMAGE_COLUMNS],
+        use_dictionary=["subset", "split", "source", "method"],
+    )
+    return sink.getvalue().to_pybytes()
+
+
+class ShardWriter:
+    """Buffers rows of one split and writes ``<split>-NNNNN.parquet`` files (temp name + rename)."""
+
+    def __init__(
+        self,
+        root: str,
+        name: str,
+        split: str,
+        rows_per_shard: int,
+        rows_per_row_group: int,
+        max_bytes: int,
+        s3: S3Options | None = None,
+    ):
+        self.folder = dataset_dir(root, name)
+        self.split, self.s3 = split, s3
+        self.rows_per_shard, self.rows_per_row_group, self.max_bytes = (
+            rows_per_shard,
+            rows_per_row_group,
+            max_bytes,
+        )
+        self.rows: list[dict] = []
+        self.size = 0
+        self.shards: list[ShardInfo] = []
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        self.size += sum(len(row[c]) for c in IMAGE_COLUMNS)
+        if len(self.rows) >= self.rows_per_shard or self.size >= self.max_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        data = table_bytes(self.rows, self.rows_per_row_group)
+        uri = storage.join(self.folder, shard_name(self.split, len(self.shards)))
+        storage.write_bytes_atomic(uri, data, self.s3)
+        self.shards.append(
+            ShardInfo(uri, self.split, len(self.rows), len(data), hashlib.sha256(data).hexdigest())
+        )
+        self.rows, self.size = [], 0
+
+    def close(self) -> list[ShardInfo]:
+        self.flush()
+        return self.shards
+
+
+def remove_stale(root: str, name: str, keep: list[str], s3: S3Options | None = None) -> list[str]:
+    """Delete shards (and temp files of interrupted runs) of this dataset that this run did not write."""
+    folder = dataset_dir(root, name)
+    keep_names = {posixpath.basename(u) for u in keep}
+    fs, _ = storage.filesystem(folder, s3)
+    removed = []
+    for uri in storage.list_files(folder, s3=s3):
+        base = posixpath.basename(uri)
+        if base in keep_names or not (SHARD_RE.match(base) or ".parquet.tmp-" in base):
+            continue
+        fs.delete_file(storage.filesystem(uri, s3)[1])
+        removed.append(uri)
+    return removed
+
+
+# --------------------------------------------------------------------------------------------------
+# readers
+# --------------------------------------------------------------------------------------------------
+
+
+def shard_uris(root: str, dataset: str, split: str, s3: S3Options | None = None) -> list[str]:
+    """The shard URIs of one split, in order (empty when there are none)."""
+    return [
+        u
+        for u in storage.list_files(dataset_dir(root, dataset), suffix=".parquet", s3=s3)
+        if (m := SHARD_RE.match(posixpath.basename(u))) and m.group(1) == split
+    ]
+
+
+def _png(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im)
+
+
+def decode_triplet(composite: bytes, mask: bytes, real: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PNG bytes -> float32 arrays in the network's ranges: images (3, H, W) in [-1, 1], mask (1, H, W) 0/1."""
+    comp = _png(composite).astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0
+    real_ = _png(real).astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0
+    m = (_png(mask) >= 128).astype(np.float32)[None]
+    return comp, m, real_
+
+
+class ShardDataset(IterableDataset):
+    """Streams triplets from shards (local or s3://) as training tensors.
+
+    Every epoch the rows are put in a seeded random order (shuffled row groups, shuffled rows in each
+    group) and cut into ``world_size`` equal contiguous parts (the last ``< world_size`` rows are
+    dropped when ``even``), so that DDP ranks get disjoint parts of the same size and each mostly reads
+    its own row groups. DataLoader workers split their rank's part again. Call :meth:`set_epoch`
+    before each epoch to reshuffle.
+    """
+
+    def __init__(
+        self,
+        uris: list[str],
+        hflip: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        s3: S3Options | None = None,
+        shuffle: bool = True,
+        even: bool = True,
+    ):
+        super().__init__()
+        if not uris:
+            raise ValueError("ShardDataset: no shard URIs given")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"ShardDataset: rank {rank} outside world_size {world_size}")
+        self.uris, self.hflip, self.rank, self.world_size = list(uris), hflip, rank, world_size
+        self.seed, self.s3, self.shuffle, self.even = seed, s3, shuffle, even
+        self.epoch = 0
+        self._groups: list[tuple[int, int, int]] | None = None  # (file index, row group, rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _open(self, i: int) -> pq.ParquetFile:
+        fs, path = storage.filesystem(self.uris[i], self.s3)
+        return pq.ParquetFile(fs.open_input_file(path))
+
+    def groups(self) -> list[tuple[int, int, int]]:
+        if self._groups is None:
+            out = []
+            for i in range(len(self.uris)):
+                meta = self._open(i).metadata
+                out += [(i, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+            self._groups = out
+        return self._groups
+
+    def _rank_rows(self) -> tuple[list[tuple[int, int, int]], int]:
+        """This rank's part: ``[(group index, row in group, global position)]`` in epoch order."""
+        groups = self.groups()
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(groups)) if self.shuffle else np.arange(len(groups))
+        seq = []
+        for gi in order:
+            rows = rng.permutation(groups[gi][2]) if self.shuffle else np.arange(groups[gi][2])
+            seq += [(int(gi), int(r)) for r in rows]
+        total = len(seq)
+        per = total // self.world_size if self.even else -(-total // self.world_size)
+        part = seq[self.rank * per : (self.rank + 1) * per]
+        start = self.rank * per
+        return [(g, r, start + k) for k, (g, r) in enumerate(part)], total
+
+    def __len__(self) -> int:
+        return len(self._rank_rows()[0])
+
+    def __iter__(self):
+        part, _ = self._rank_rows()
+        info = get_worker_info()
+        if info is not None and info.num_workers > 1:
+            per = -(-len(part) // info.num_workers)
+            part = part[info.id * per : (info.id + 1) * per]
+        groups = self.groups()
+        files: dict[int, pq.ParquetFile] = {}
+        cache: tuple[int, dict] | None = None
+        columns = ["sample_id", "subset", "fg_ratio", *IMAGE_COLUMNS]
+        for g, r, pos in part:
+            if cache is None or cache[0] != g:
+                fi, rg, _ = groups[g]
+                if fi not in files:
+                    files[fi] = self._open(fi)
+                cache = (g, files[fi].read_row_group(rg, columns=columns).to_pydict())
+            rows = cache[1]
+            comp, mask, real = decode_triplet(rows["composite"][r], rows["mask"][r], rows["real"][r])
+            if self.hflip and np.random.default_rng([self.seed, self.epoch, pos]).random() < 0.5:
+                comp, mask, real = comp[..., ::-1], mask[..., ::-1], real[..., ::-1]
+            yield {
+                "composite": torch.from_numpy(np.ascontiguousarray(comp)),
+                "mask": torch.from_numpy(np.ascontiguousarray(mask)),
+                "real": torch.from_numpy(np.ascontiguousarray(real)),
+                "sample_id": rows["sample_id"][r],
+                "subset": rows["subset"][r],
+                "fg_ratio": float(rows["fg_ratio"][r]),
+            }
+
+
+def _decode_batch(batch: dict) -> dict:
+    comps, masks, reals = [], [], []
+    for c, m, r in zip(batch["composite"], batch["mask"], batch["real"], strict=True):
+        a, b, d = decode_triplet(c, m, r)
+        comps.append(a)
+        masks.append(b)
+        reals.append(d)
+    return {
+        "composite": np.stack(comps),
+        "mask": np.stack(masks),
+        "real": np.stack(reals),
+        "sample_id": np.asarray(batch["sample_id"], dtype=object),
+        "subset": np.asarray(batch["subset"], dtype=object),
+        "fg_ratio": np.asarray(batch["fg_ratio"], dtype=np.float32),
+    }
+
+
+def ray_dataset(uris: list[str], s3: S3Options | None = None, batch_size: int = 64, **read_kwargs):
+    """A Ray Data dataset of decoded triplets (same arrays as :class:`ShardDataset`, batched as numpy).
+
+    Use with Ray Train: pass it in ``datasets={"train": ...}`` and iterate
+    ``ray.train.get_dataset_shard("train").iter_torch_batches(...)``.
+    """
+    import ray.data
+
+    if not uris:
+        raise ValueError("ray_dataset: no shard URIs given")
+    fs, _ = storage.filesystem(uris[0], s3)
+    paths = [storage.filesystem(u, s3)[1] for u in uris]
+    ds = ray.data.read_parquet(
+        paths,
+        filesystem=fs,
+        columns=["sample_id", "subset", "fg_ratio", *IMAGE_COLUMNS],
+        **read_kwargs,
+    )
+    return ds.map_batches(_decode_batch, batch_size=batch_size, batch_format="numpy")

@@ -1,0 +1,311 @@
+"""Inputs of ``prepare``: what each source kind contains, as a list of :class:`Entry` (nothing decoded yet).
+
+- ``builtin``: natural colour photos that ship inside packages the project already installs (no
+  download); many square crops per photo at several scales. One photo = one scene (the stereo
+  motorcycle pair is one scene).
+- ``photos_masks``: ``photos/<id>.<ext>`` + ``masks/<id>.png``; one photo = one scene.
+- ``iharmony4``: ``<subset>/{composite_images,masks,real_images}`` + ``<subset>_{train,test}.txt``,
+  composite ``<id>_<m>_<k>`` -> mask ``<id>_<m>`` -> real ``<id>``; one real image = one scene.
+
+Every source may be a local folder or ``s3://``; files are listed and read through ``components.storage``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import posixpath
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+import numpy as np
+import pyarrow.fs as pafs
+
+from components import storage
+from components.storage import S3Options
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+SPLITS = ("train", "val", "test")
+SMALL_SOURCE_SCENES = 20  # below this many scenes, split by rank so every split gets a scene
+
+
+@dataclass
+class Entry:
+    """One unit of work: a builtin crop, a photo with its mask, or an iHarmony4 triplet."""
+
+    kind: str
+    key: str  # unique across the dataset, e.g. "builtin/astronaut_c003"
+    scene_id: str
+    subset: str
+    payload: dict
+    split: str = ""
+
+
+@dataclass
+class Skip:
+    reason: str
+    name: str
+    detail: str = ""
+
+
+@dataclass
+class SourceListing:
+    entries: list[Entry] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
+    description: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------
+# builtin photos
+# --------------------------------------------------------------------------------------------------
+
+
+def _skimage(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import skimage.data
+
+        if name.startswith("motorcycle_"):
+            left, right, _ = skimage.data.stereo_motorcycle()
+            return left if name.endswith("left") else right
+        return getattr(skimage.data, name)()
+
+    return load
+
+
+def _sklearn(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        from sklearn.datasets import load_sample_image
+
+        return load_sample_image(name)
+
+    return load
+
+
+def _matplotlib(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        from matplotlib import cbook
+        from PIL import Image
+
+        with cbook.get_sample_data(name) as f, Image.open(f) as im:
+            return np.asarray(im.convert("RGB"))
+
+    return load
+
+
+# name -> (scene, package, loader). Only natural colour photos whose files are inside the installed
+# wheels (no pooch download): scikit-image's retina / hubble / ihc are not scene photos and are left out.
+BUILTIN_PHOTOS: dict[str, tuple[str, str, Callable[[], np.ndarray]]] = {
+    "astronaut": ("astronaut", "scikit-image", _skimage("astronaut")),
+    "coffee": ("coffee", "scikit-image", _skimage("coffee")),
+    "chelsea": ("chelsea", "scikit-image", _skimage("chelsea")),
+    "rocket": ("rocket", "scikit-image", _skimage("rocket")),
+    "motorcycle_left": ("motorcycle", "scikit-image", _skimage("motorcycle_left")),
+    "motorcycle_right": ("motorcycle", "scikit-image", _skimage("motorcycle_right")),
+    "china": ("china", "scikit-learn", _sklearn("china.jpg")),
+    "flower": ("flower", "scikit-learn", _sklearn("flower.jpg")),
+    "grace_hopper": ("grace_hopper", "matplotlib", _matplotlib("grace_hopper.jpg")),
+}
+BUILTIN_SCALES = (1.0, 0.75, 0.55, 0.4)  # crop side as a fraction of the photo's short side
+
+
+@functools.cache
+def builtin_photo(name: str) -> np.ndarray:
+    img = np.asarray(BUILTIN_PHOTOS[name][2](), dtype=np.uint8)
+    return img[..., :3]
+
+
+def stable_unit(text: str) -> float:
+    """A stable pseudo-random number in [0, 1) from a string (splits, sampling): no seed, no salt."""
+    return int(hashlib.sha256(text.encode()).hexdigest()[:13], 16) / 16**13
+
+
+def rng_for(seed: int, *parts: object) -> np.random.Generator:
+    """A generator per item (not per process), so results do not depend on how work is distributed."""
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
+    return np.random.default_rng([seed, int(digest[:16], 16)])
+
+
+def list_builtin(subset: str, limit: int | None, crops_per_photo: int, seed: int) -> SourceListing:
+    names = list(BUILTIN_PHOTOS)[: limit if limit is not None else None]
+    out = SourceListing(description={"kind": "builtin", "subset": subset, "photos": {}})
+    for name in names:
+        scene, package, _ = BUILTIN_PHOTOS[name]
+        h, w = builtin_photo(name).shape[:2]
+        out.description["photos"][name] = f"{package} {w}x{h}"
+        rng = rng_for(seed, "builtin-crops", name)
+        for i in range(crops_per_photo):
+            side = int(round(min(h, w) * BUILTIN_SCALES[i % len(BUILTIN_SCALES)]))
+            y0, x0 = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+            out.entries.append(
+                Entry(
+                    kind="builtin",
+                    key=f"{subset}/{name}_c{i:03d}",
+                    scene_id=f"{subset}/{scene}",
+                    subset=subset,
+                    payload={"photo": name, "box": [y0, y0 + side, x0, x0 + side]},
+                )
+            )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# folders (local or s3://)
+# --------------------------------------------------------------------------------------------------
+
+
+def _stem(uri: str) -> str:
+    return PurePosixPath(uri).stem
+
+
+def _images(folder: str, s3: S3Options | None) -> list[str]:
+    return [u for u in storage.list_files(folder, s3=s3) if u.lower().endswith(IMAGE_EXTS)]
+
+
+def _subdirs(uri: str, s3: S3Options | None) -> list[str]:
+    fs, path = storage.filesystem(uri, s3)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.Directory)
+
+
+def _require_dir(uri: str, s3: S3Options | None, what: str) -> None:
+    fs, path = storage.filesystem(uri, s3)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound and not _subdirs(uri, s3):
+        raise FileNotFoundError(f"{what}: {uri} does not exist")
+
+
+def _apply_limit(keys: list[str], limit: int | None) -> set[str]:
+    if limit is None:
+        return set(keys)
+    return set(sorted(keys, key=lambda k: (stable_unit(k), k))[:limit])
+
+
+def list_photos_masks(path: str, subset: str, limit: int | None, s3: S3Options | None) -> SourceListing:
+    photos_dir, masks_dir = storage.join(path, "photos"), storage.join(path, "masks")
+    _require_dir(photos_dir, s3, "photos_masks source")
+    photos = {_stem(u): u for u in _images(photos_dir, s3)}
+    masks = {_stem(u): u for u in _images(masks_dir, s3)}
+    out = SourceListing(description={"kind": "photos_masks", "path": path, "subset": subset})
+    for pid in sorted(set(masks) - set(photos)):
+        out.skipped.append(Skip("missing_photo", masks[pid], "mask without a photo"))
+    keep = _apply_limit(sorted(photos), limit)
+    for pid in sorted(keep):
+        if pid not in masks:
+            out.skipped.append(Skip("missing_mask", photos[pid], f"no masks/{pid}.* for this photo"))
+            continue
+        out.entries.append(
+            Entry(
+                kind="photos_masks",
+                key=f"{subset}/{pid}",
+                scene_id=f"{subset}/{pid}",
+                subset=subset,
+                payload={"photo": photos[pid], "mask": masks[pid]},
+            )
+        )
+    out.description["photos"] = len(photos)
+    return out
+
+
+def _read_list(uri: str, s3: S3Options | None) -> set[str]:
+    if not storage.exists(uri, s3):
+        return set()
+    text = storage.read_bytes(uri, s3).decode("utf-8", "replace")
+    return {PurePosixPath(line.strip()).stem for line in text.splitlines() if line.strip()}
+
+
+def list_iharmony4(
+    path: str, subset_override: str | None, limit: int | None, s3: S3Options | None
+) -> SourceListing:
+    _require_dir(path, s3, "iharmony4 source")
+    if "composite_images" in _subdirs(path, s3):
+        subsets = [(posixpath.basename(str(path).rstrip("/")), path)]
+    else:
+        subsets = [
+            (name, storage.join(path, name))
+            for name in _subdirs(path, s3)
+            if "composite_images" in _subdirs(storage.join(path, name), s3)
+        ]
+    if not subsets:
+        raise FileNotFoundError(f"iharmony4 source: no <subset>/composite_images folder under {path}")
+    out = SourceListing(description={"kind": "iharmony4", "path": path, "subsets": {}})
+    candidates: list[Entry] = []
+    for name, folder in subsets:
+        subset = subset_override or name
+        comps = _images(storage.join(folder, "composite_images"), s3)
+        masks = {_stem(u): u for u in _images(storage.join(folder, "masks"), s3)}
+        reals = {_stem(u): u for u in _images(storage.join(folder, "real_images"), s3)}
+        train = _read_list(storage.join(folder, f"{name}_train.txt"), s3)
+        test = _read_list(storage.join(folder, f"{name}_test.txt"), s3)
+        out.description["subsets"][subset] = {"composites": len(comps), "lists": bool(train or test)}
+        for uri in comps:
+            stem = _stem(uri)
+            parts = stem.rsplit("_", 2)
+            if len(parts) != 3:
+                out.skipped.append(Skip("bad_name", uri, "expected <id>_<mask>_<k>"))
+                continue
+            rid, mask_id = parts[0], f"{parts[0]}_{parts[1]}"
+            if mask_id not in masks:
+                out.skipped.append(Skip("missing_mask", uri, f"no masks/{mask_id}.png"))
+                continue
+            if rid not in reals:
+                out.skipped.append(Skip("missing_real", uri, f"no real_images/{rid}.* (ground truth)"))
+                continue
+            listed = "test" if stem in test else "train" if stem in train else ""
+            candidates.append(
+                Entry(
+                    kind="iharmony4",
+                    key=f"{subset}/{stem}",
+                    scene_id=f"{subset}/{rid}",
+                    subset=subset,
+                    payload={"composite": uri, "mask": masks[mask_id], "real": reals[rid], "listed": listed},
+                )
+            )
+    keep = _apply_limit([e.key for e in candidates], limit)
+    out.entries = [e for e in candidates if e.key in keep]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# splits
+# --------------------------------------------------------------------------------------------------
+
+
+def split_scenes(scene_ids: list[str], val_fraction: float, test_fraction: float) -> dict[str, str]:
+    """Scene -> split. Many scenes: by a hash of the scene id (stable when photos are added).
+
+    Few scenes (under ``SMALL_SOURCE_SCENES``, e.g. the builtin photos): scenes ordered by the same hash
+    and counted out, at least one scene for val and for test when there are 3 or more scenes.
+    """
+    scenes = sorted(set(scene_ids), key=lambda s: (stable_unit(s), s))
+    n = len(scenes)
+    if n >= SMALL_SOURCE_SCENES:
+        out = {}
+        for s in scenes:
+            u = stable_unit(s)
+            out[s] = "test" if u < test_fraction else "val" if u < test_fraction + val_fraction else "train"
+        return out
+
+    def count(frac: float) -> int:
+        return 0 if frac <= 0 else max(1, int(round(n * frac))) if n >= 3 else 0
+
+    n_test, n_val = count(test_fraction), count(val_fraction)
+    if n == 2 and test_fraction > 0:
+        n_test = 1
+    return {
+        s: "test" if i < n_test else "val" if i < n_test + n_val else "train" for i, s in enumerate(scenes)
+    }
+
+
+def assign_splits(entries: list[Entry], val_fraction: float, test_fraction: float) -> None:
+    """Fill ``entry.split`` for one source; iHarmony4 list files win (test over train), val from train."""
+    listed = {e.scene_id: e.payload.get("listed", "") for e in entries if e.payload.get("listed")}
+    for e in entries:  # a scene listed as test anywhere is test everywhere
+        if e.payload.get("listed") == "test":
+            listed[e.scene_id] = "test"
+    free = [e.scene_id for e in entries if e.scene_id not in listed]
+    train_like = [s for s, v in listed.items() if v == "train"]
+    rule = split_scenes(free, val_fraction, test_fraction)
+    if train_like:  # carve val out of the official train list, by scene
+        rule.update(split_scenes(train_like, val_fraction, 0.0))
+    for e in entries:
+        e.split = "test" if listed.get(e.scene_id) == "test" else rule[e.scene_id]

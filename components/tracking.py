@@ -1,0 +1,284 @@
+"""MLflow helpers shared by train / evaluate / register: where to track, experiments, tags, run names.
+
+Where runs go: ``MLFLOW_TRACKING_URI`` when set (a shared server on a cluster), else
+``sqlite:///<project root>/mlruns.db`` with artifacts in ``<project root>/mlartifacts/``. The project
+root is the nearest directory at or above the working directory that holds ``params.yaml`` (where
+``dvc repro`` runs every stage), or the working directory when there is none. The default is an
+absolute path, so it means the same file from any subfolder.
+
+Ray workers must not guess: a worker may run in a copy of the repo (``runtime_env`` working_dir) or
+on another machine. ``configure()`` exports the resolved URI to ``os.environ`` (so a local Ray started
+afterwards inherits it), and ``worker_env()`` gives the variables to pass in
+``runtime_env={"env_vars": ...}`` for a cluster started elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Experiment, Param, Run
+from mlflow.exceptions import MlflowException
+
+from components.config import flatten
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "MLFLOW_TRACKING_URI"
+DB_NAME = "mlruns.db"
+ARTIFACTS_DIR = "mlartifacts"
+# Param values longer than this are truncated: 500 is the limit of older MLflow servers (3.x allows
+# 6000), so what we log is accepted by any server and re-logging it is byte-for-byte the same.
+PARAM_VALUE_LIMIT = 500
+_TRUNCATED = "...[truncated]"
+_BATCH = 100  # MLflow's most params per log_batch
+_configured: str | None = None  # the URI of the last configure() in this process
+
+
+# --------------------------------------------------------------------------------------------------
+# Where to track
+# --------------------------------------------------------------------------------------------------
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """Nearest directory at or above ``start`` (default: cwd) holding ``params.yaml``; else ``start``."""
+    here = Path(start or os.getcwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "params.yaml").is_file():
+            return d
+    return here
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<project root>/mlruns.db``; sqlite paths made absolute."""
+    env = os.environ.get(ENV_VAR, "").strip()
+    if not env:
+        return f"sqlite:///{project_root() / DB_NAME}"
+    db = _sqlite_path(env)
+    return f"sqlite:///{db}" if db is not None else env
+
+
+def configure(uri: str | None = None, export_env: bool = True) -> str:
+    """Point MLflow tracking and the model registry at ``uri`` (default ``tracking_uri()``); return it.
+
+    With ``export_env`` the URI is also put in ``os.environ`` so child processes (a local Ray, DVC
+    subprocesses) track to the same place.
+    """
+    global _configured
+    uri = uri or tracking_uri()
+    db = _sqlite_path(uri)
+    if db is not None:  # absolute, so workers and subfolders open the same file
+        uri = f"sqlite:///{db}"
+        db.parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if export_env:
+        os.environ[ENV_VAR] = uri
+    _configured = uri
+    return uri
+
+
+def worker_env() -> dict[str, str]:
+    """Environment for Ray workers (``runtime_env={"env_vars": worker_env()}``): the resolved URI."""
+    return {ENV_VAR: _configured or tracking_uri()}
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (absolute or relative to cwd); None for other stores."""
+    if not uri.startswith("sqlite:"):
+        return None
+    path = urlparse(uri).path
+    # sqlite:////abs/db -> "//abs/db"; sqlite:///rel.db -> "/rel.db" (relative, SQLAlchemy style)
+    path = path[1:] if path.startswith("/") else path
+    return Path(path).resolve() if path and path != ":memory:" else None
+
+
+def default_artifact_location(experiment: str, uri: str | None = None) -> str | None:
+    """``file://`` URI of ``mlartifacts/<experiment>`` next to a sqlite database; None for servers.
+
+    MLflow's own default for a sqlite store is ``./mlruns`` relative to whatever cwd the first run had;
+    pinning it next to the database keeps artifacts with their runs. Servers decide for themselves.
+    """
+    db = _sqlite_path(uri or mlflow.get_tracking_uri())
+    if db is None:
+        return None
+    safe = re.sub(r"[^\w.\-]+", "_", experiment).strip(".") or "_"
+    return (db.parent / ARTIFACTS_DIR / safe).as_uri()
+
+
+def get_or_create_experiment(name: str, client: MlflowClient | None = None) -> Experiment:
+    """The experiment called ``name``, created if missing (safe when two processes race to create it)."""
+    client = client or MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            client.create_experiment(name, artifact_location=default_artifact_location(name))
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        exp = client.get_experiment_by_name(name)
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+        exp = client.get_experiment(exp.experiment_id)
+    return exp
+
+
+# --------------------------------------------------------------------------------------------------
+# Tags and names
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GitInfo:
+    commit: str  # full sha, or "unknown" outside a git checkout
+    short: str  # 8-character sha, or "unknown"
+    dirty: bool | None  # tracked files modified (untracked files ignored); None when unknown
+
+
+def git_commit(path: str | Path | None = None) -> GitInfo:
+    """The commit of the checkout holding ``path`` (default: project root) and whether it is dirty."""
+    where = str(path or project_root())
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=where, capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+
+    try:
+        sha = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return GitInfo("unknown", "unknown", None)
+    return GitInfo(sha, sha[:8], dirty)
+
+
+def _generator_spec(params: Any) -> dict[str, Any]:
+    if isinstance(params, Mapping):
+        model = params.get("model", {})
+        return dict(model.get("generator", {}) if isinstance(model, Mapping) else {})
+    return dict(params.model.generator)
+
+
+def standard_tags(params: Any, dataset_hash: str | None, **extra: Any) -> dict[str, str]:
+    """Tags every run carries (docs/CONTRACTS.md): git_commit, git_dirty, dataset_hash, model, placement.
+
+    ``params`` is a ``components.config.Params`` or its ``to_dict()``; ``extra`` adds more tags
+    (values turned into strings). ``placement`` is ``none`` for a generator without one (DIH).
+    """
+    spec = _generator_spec(params)
+    git = git_commit()
+    tags = {
+        "git_commit": git.commit,
+        "git_dirty": "unknown" if git.dirty is None else str(git.dirty).lower(),
+        "dataset_hash": dataset_hash or "unknown",
+        "model": str(spec.get("name", "unknown")),
+        "placement": str(spec.get("placement") or "none"),
+    }
+    if git.commit != "unknown":
+        tags["mlflow.source.git.commit"] = git.commit
+    tags.update({k: str(v) for k, v in extra.items()})
+    return tags
+
+
+def run_name(generator_spec: Mapping[str, Any], dataset_name: str) -> str:
+    """``rainnet-rain-decoder-default``, ``dih-default``, ``dih_rain-default``: model [placement] data."""
+    parts = [str(generator_spec.get("name", "model"))]
+    if generator_spec.get("placement"):
+        parts.append(str(generator_spec["placement"]))
+    parts.append(str(dataset_name))
+    return "-".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Runs and params
+# --------------------------------------------------------------------------------------------------
+
+
+def find_run_by_name(
+    experiment: str | Experiment, name: str, client: MlflowClient | None = None
+) -> Run | None:
+    """The most recent live run called ``name`` in ``experiment`` (name or object); None if there is none."""
+    client = client or MlflowClient()
+    exp = client.get_experiment_by_name(experiment) if isinstance(experiment, str) else experiment
+    if exp is None:
+        return None
+    quoted = name.replace("\\", "\\\\").replace("'", "\\'")
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"attributes.run_name = '{quoted}'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    return runs[0] if runs else None
+
+
+def start_or_resume_run(
+    experiment: str, name: str, tags: Mapping[str, str] | None = None, resume: bool = True
+) -> mlflow.ActiveRun:
+    """``mlflow.start_run`` that reopens the run called ``name`` (when ``resume``) instead of duplicating it.
+
+    Use as a context manager. ``tags`` are set either way (a resumed run gets the current commit).
+    """
+    exp = get_or_create_experiment(experiment)
+    existing = find_run_by_name(exp, name) if resume else None
+    if existing is not None:
+        log.info("resuming MLflow run %s (%s)", name, existing.info.run_id)
+        active = mlflow.start_run(run_id=existing.info.run_id)
+        if tags:
+            mlflow.set_tags(dict(tags))
+        return active
+    return mlflow.start_run(experiment_id=exp.experiment_id, run_name=name, tags=dict(tags or {}))
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    if len(text) > PARAM_VALUE_LIMIT:
+        text = text[: PARAM_VALUE_LIMIT - len(_TRUNCATED)] + _TRUNCATED
+    return text
+
+
+def log_params_flat(
+    params: Any,
+    run_id: str | None = None,
+    on_conflict: str = "error",
+    client: MlflowClient | None = None,
+) -> dict[str, str]:
+    """Log nested params (``Params``, a nested or flat dict) as ``section.key`` MLflow params.
+
+    Values are JSON-ish strings (``true``, ``null``, ``[...]``) cut to ``PARAM_VALUE_LIMIT``. Logging
+    the same values again is a no-op (resumed runs); a key already logged with another value is an
+    error naming it (``on_conflict="error"``) or keeps the old value with a warning (``"keep"``).
+    Returns the params newly logged. ``run_id`` defaults to the active run.
+    """
+    if on_conflict not in ("error", "keep"):
+        raise ValueError(f"on_conflict must be 'error' or 'keep', got {on_conflict!r}")
+    client = client or MlflowClient()
+    if run_id is None:
+        active = mlflow.active_run()
+        if active is None:
+            raise RuntimeError("log_params_flat: no run_id and no active MLflow run")
+        run_id = active.info.run_id
+    data = params.to_dict() if hasattr(params, "to_dict") else dict(params)
+    flat = {k: _param_value(v) for k, v in flatten(data).items()}
+    existing = client.get_run(run_id).data.params
+    conflicts = {k: (existing[k], v) for k, v in flat.items() if k in existing and existing[k] != v}
+    if conflicts:
+        detail = "; ".join(f"{k}: logged {old!r}, now {new!r}" for k, (old, new) in sorted(conflicts.items()))
+        if on_conflict == "error":
+            raise ValueError(f"MLflow run {run_id} already has different params (immutable): {detail}")
+        log.warning("keeping the params already logged on run %s: %s", run_id, detail)
+    new = {k: v for k, v in flat.items() if k not in existing}
+    items = [Param(k, v) for k, v in sorted(new.items())]
+    for i in range(0, len(items), _BATCH):
+        client.log_batch(run_id, params=items[i : i + _BATCH])
+    return new

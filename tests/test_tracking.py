@@ -1,0 +1,186 @@
+"""MLflow helpers against a real MLflow: the default sqlite store in a tmp project, and a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from components import tracking as T
+from components.config import Params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow(monkeypatch):
+    """configure() sets global MLflow state and os.environ: undo both after each test."""
+    monkeypatch.delenv(T.ENV_VAR, raising=False)
+    before = mlflow.get_tracking_uri()
+    yield
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(before)
+    mlflow.set_registry_uri(before)
+    T._configured = None
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A tmp project root (has params.yaml), entered from a subfolder as a stage might be."""
+    (tmp_path / "params.yaml").write_text("{}\n")
+    sub = tmp_path / "pipeline"
+    sub.mkdir()
+    monkeypatch.chdir(sub)
+    return tmp_path
+
+
+def test_default_uri_is_absolute_sqlite_in_project_root(project, monkeypatch):
+    assert T.tracking_uri() == f"sqlite:///{project / 'mlruns.db'}"
+    monkeypatch.chdir(project.parent)  # no params.yaml at or above: the working directory
+    assert T.project_root() == project.parent.resolve()
+    monkeypatch.setenv(T.ENV_VAR, "http://mlflow.example:5000")
+    assert T.tracking_uri() == "http://mlflow.example:5000"
+    monkeypatch.setenv(T.ENV_VAR, "sqlite:///rel/runs.db")  # relative sqlite made absolute
+    assert T.tracking_uri() == f"sqlite:///{project.parent.resolve() / 'rel' / 'runs.db'}"
+
+
+def test_sqlite_default_end_to_end(project):
+    uri = T.configure()
+    assert uri == f"sqlite:///{project / 'mlruns.db'}"
+    assert os.environ[T.ENV_VAR] == uri and T.worker_env() == {T.ENV_VAR: uri}
+    assert mlflow.get_registry_uri() == uri
+
+    exp = T.get_or_create_experiment("harmonization-train")
+    assert T.get_or_create_experiment("harmonization-train").experiment_id == exp.experiment_id
+    assert exp.artifact_location == (project / "mlartifacts" / "harmonization-train").as_uri()
+
+    tags = {"model": "rainnet", "placement": "rain-decoder"}
+    with T.start_or_resume_run("harmonization-train", "rainnet-rain-decoder-default", tags) as run:
+        mlflow.log_metric("val_fmse", 12.5)
+        mlflow.log_text("hello", "notes.txt")
+    assert (project / "mlruns.db").is_file()
+    stored = list((project / "mlartifacts" / "harmonization-train").rglob("notes.txt"))
+    assert len(stored) == 1 and stored[0].read_text() == "hello"
+
+    found = T.find_run_by_name("harmonization-train", "rainnet-rain-decoder-default")
+    assert found.info.run_id == run.info.run_id
+    assert T.find_run_by_name("harmonization-train", "no-such-run") is None
+    assert T.find_run_by_name("no-such-experiment", "rainnet-rain-decoder-default") is None
+
+    # Resuming reopens the same run instead of creating a second one.
+    with T.start_or_resume_run("harmonization-train", "rainnet-rain-decoder-default", {"x": "1"}) as again:
+        mlflow.log_metric("val_fmse", 10.0, step=1)
+    assert again.info.run_id == run.info.run_id
+    runs = MlflowClient().search_runs([exp.experiment_id])
+    assert len(runs) == 1 and runs[0].data.tags["x"] == "1" and runs[0].data.tags["model"] == "rainnet"
+    with T.start_or_resume_run("harmonization-train", "rainnet-rain-decoder-default", resume=False):
+        pass
+    assert len(MlflowClient().search_runs([exp.experiment_id])) == 2
+
+
+def test_child_process_in_another_copy_tracks_to_the_same_store(project, tmp_path_factory, monkeypatch):
+    """A Ray worker may run in a copy of the repo (its own params.yaml): the exported URI wins."""
+    uri = T.configure()
+    copy = tmp_path_factory.mktemp("worker_copy")
+    (copy / "params.yaml").write_text("{}\n")
+    code = "from components import tracking as T; print(T.tracking_uri())"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=copy, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == uri
+    monkeypatch.delenv(T.ENV_VAR)  # without it a copy gets its own database: what worker_env() prevents
+    monkeypatch.chdir(copy)
+    assert T.tracking_uri() == f"sqlite:///{copy.resolve() / 'mlruns.db'}"
+
+
+def test_log_params_flat_is_idempotent_and_guards_changes(project):
+    T.configure()
+    params = Params().to_dict()
+    params["prepare"]["methods"] = ["m" * 40] * 20  # an 800+ character value
+    params["extra"] = {f"k{i}": i for i in range(60)}  # > 100 params: more than one log_batch
+    with mlflow.start_run(experiment_id=T.get_or_create_experiment("p").experiment_id) as run:
+        new = T.log_params_flat(params)
+        assert T.log_params_flat(params) == {}  # same values again (a resumed run): nothing, no error
+        logged = MlflowClient().get_run(run.info.run_id).data.params
+        assert logged["train.epochs"] == "10" and logged["train.gan"] == "false"
+        assert logged["model.generator.name"] == "rainnet"
+        assert logged["train.max_steps_per_epoch"] == "null"
+        assert len(logged) == len(new) > 100 and logged["extra.k59"] == "59"
+        long = logged["prepare.methods"]
+        assert len(long) == T.PARAM_VALUE_LIMIT and long.endswith("[truncated]")
+
+        params["train"]["epochs"] = 3
+        params["train"]["lr"] = 0.1
+        with pytest.raises(ValueError, match=r"train\.epochs: logged '10', now '3'"):
+            T.log_params_flat(params)
+        params["train"]["new_key"] = 1
+        assert T.log_params_flat(params, on_conflict="keep") == {"train.new_key": "1"}
+        assert MlflowClient().get_run(run.info.run_id).data.params["train.epochs"] == "10"
+
+
+def test_git_commit_inside_and_outside_git(tmp_path):
+    info = T.git_commit(REPO)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    assert info.commit == head.stdout.strip() and len(info.commit) == 40
+    assert info.short == info.commit[:8] and isinstance(info.dirty, bool)
+    assert T.git_commit(tmp_path) == T.GitInfo("unknown", "unknown", None)
+
+
+def test_git_dirty_flag(tmp_path):
+    def git(*a):
+        subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "f.txt").write_text("a")
+    git("add", "f.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
+    assert T.git_commit(tmp_path).dirty is False
+    (tmp_path / "untracked.txt").write_text("x")
+    assert T.git_commit(tmp_path).dirty is False  # untracked files do not count
+    (tmp_path / "f.txt").write_text("b")
+    assert T.git_commit(tmp_path).dirty is True
+
+
+def test_standard_tags_and_run_names():
+    params = Params()
+    tags = T.standard_tags(params, "abc123", dataset="default")
+    assert tags["model"] == "rainnet" and tags["placement"] == "rain-decoder"
+    assert tags["dataset_hash"] == "abc123" and tags["dataset"] == "default"
+    assert tags["git_commit"] == T.git_commit().commit
+    assert all(isinstance(v, str) for v in tags.values())
+    d = params.to_dict()
+    d["model"]["generator"] = {"name": "dih", "mask_head": True}
+    assert T.standard_tags(d, None)["placement"] == "none"
+    assert T.standard_tags(d, None)["dataset_hash"] == "unknown"
+
+    assert T.run_name({"name": "rainnet", "placement": "rain-decoder"}, "default") == (
+        "rainnet-rain-decoder-default"
+    )
+    assert T.run_name({"name": "dih"}, "default") == "dih-default"
+    assert T.run_name({"name": "dih_rain"}, "default") == "dih_rain-default"
+
+
+@pytest.mark.slow
+def test_against_a_real_server(mlflow_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(T.ENV_VAR, mlflow_server)
+    assert T.configure() == mlflow_server
+    exp = T.get_or_create_experiment("harmonization-eval")
+    assert exp.artifact_location.startswith("mlflow-artifacts:")  # the server decides
+    assert not (tmp_path / "mlartifacts").exists()
+    with T.start_or_resume_run("harmonization-eval", "dih-default", T.standard_tags(Params(), "h")) as run:
+        T.log_params_flat({"evaluate": {"batch_size": 16}})
+        mlflow.log_metrics({"test_fmse": 1.5, "test_fmse.HCOCO": 2.0})
+        mlflow.log_dict({"a": 1}, "summary.json")
+    found = T.find_run_by_name("harmonization-eval", "dih-default")
+    assert found.info.run_id == run.info.run_id
+    assert found.data.metrics["test_fmse.HCOCO"] == 2.0 and found.data.tags["dataset_hash"] == "h"
+    path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="summary.json")
+    assert json.loads(Path(path).read_text()) == {"a": 1}

@@ -58,7 +58,7 @@ class CardBuilder:
             counts, _ = np.histogram(self.fg_ratio[s], bins=FG_BINS)
             hist[s] = {
                 f"{int(a * 100)}-{int(b * 100)}%": int(c)
-                for a, b, c in zip(FG_BINS, FG_BINS[1:], counts, strict=True)
+                for a, b, c in zip(FG_BINS[:-1], FG_BINS[1:], counts, strict=True)
             }
         card = {
             "format": "harmonize-dataset-card/1",

@@ -122,7 +122,8 @@ def get_or_create_experiment(name: str, client: MlflowClient | None = None) -> E
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            client.create_experiment(name, artifact_location=default_artifact_location(name))
+            location = default_artifact_location(name, client.tracking_uri)
+            client.create_experiment(name, artifact_location=location)
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise

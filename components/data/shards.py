@@ -296,10 +296,6 @@ def ray_dataset(uris: list[str], s3: S3Options | None = None, batch_size: int = 
         raise ValueError("ray_dataset: no shard URIs given")
     fs, _ = storage.filesystem(uris[0], s3)
     paths = [storage.filesystem(u, s3)[1] for u in uris]
-    ds = ray.data.read_parquet(
-        paths,
-        filesystem=fs,
-        columns=["sample_id", "subset", "fg_ratio", *IMAGE_COLUMNS],
-        **read_kwargs,
-    )
+    ds = ray.data.read_parquet(paths, filesystem=fs, **read_kwargs)
+    ds = ds.select_columns(["sample_id", "subset", "fg_ratio", *IMAGE_COLUMNS])
     return ds.map_batches(_decode_batch, batch_size=batch_size, batch_format="numpy")

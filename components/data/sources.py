@@ -213,6 +213,14 @@ def _read_list(uri: str, s3: S3Options | None) -> set[str]:
     return {PurePosixPath(line.strip()).stem for line in text.splitlines() if line.strip()}
 
 
+def _read_methods(uri: str, s3: S3Options | None) -> dict[str, str]:
+    """Optional ``methods.tsv`` (``<real id>\t<method>``) naming how each composite was made."""
+    if not storage.exists(uri, s3):
+        return {}
+    lines = storage.read_bytes(uri, s3).decode("utf-8", "replace").splitlines()
+    return dict(line.split("\t", 1) for line in lines if "\t" in line)
+
+
 def list_iharmony4(
     path: str, subset_override: str | None, limit: int | None, s3: S3Options | None
 ) -> SourceListing:
@@ -236,6 +244,7 @@ def list_iharmony4(
         reals = {_stem(u): u for u in _images(storage.join(folder, "real_images"), s3)}
         train = _read_list(storage.join(folder, f"{name}_train.txt"), s3)
         test = _read_list(storage.join(folder, f"{name}_test.txt"), s3)
+        methods = _read_methods(storage.join(folder, "methods.tsv"), s3)
         out.description["subsets"][subset] = {"composites": len(comps), "lists": bool(train or test)}
         for uri in comps:
             stem = _stem(uri)
@@ -257,7 +266,13 @@ def list_iharmony4(
                     key=f"{subset}/{stem}",
                     scene_id=f"{subset}/{rid}",
                     subset=subset,
-                    payload={"composite": uri, "mask": masks[mask_id], "real": reals[rid], "listed": listed},
+                    payload={
+                        "composite": uri,
+                        "mask": masks[mask_id],
+                        "real": reals[rid],
+                        "listed": listed,
+                        "method": methods.get(rid, "unknown"),
+                    },
                 )
             )
     keep = _apply_limit([e.key for e in candidates], limit)

@@ -38,4 +38,5 @@ def test_dvc_repro_prepare_fresh_clone(tmp_path):
     assert (clone / "reports/prepare_samples.png").read_bytes()[:4] == b"\x89PNG"
     second = dvc("repro", "prepare")
     assert "Running stage" not in second and "didn't change" in second
-    assert "prepare" in dvc("metrics", "show")
+    shown = dvc("metrics", "show", "metrics/dataset_card.json")
+    assert "counts.train" in shown and card["content_hash"] in shown

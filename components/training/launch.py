@@ -1,0 +1,329 @@
+"""The driver side of ``python -m pipeline.train``: check inputs, Ray, TorchTrainer, final outputs.
+
+Runs locally (``ray.init()`` starts a Ray sized to the job) or against a cluster (``RAY_ADDRESS``, also
+set by ``ray job submit``). Where things go:
+
+- Ray checkpoints: ``<storage.root>/ray/<train key>/`` (local folder or ``s3://``). The train key is the
+  run name plus a fingerprint of everything that shapes the trajectory (model, data hash, optimizer,
+  batch, seed, workers), so rerunning the same training resumes it, raising ``train.epochs`` continues
+  it, and changing e.g. the lr starts a new one instead of loading incompatible weights.
+- MLflow: one run per train key (experiment ``train.experiment``), params, tags, metrics, the model.
+- The working tree (what DVC tracks): ``train.weights_out``, ``train.metrics_out``, ``train.plots_out``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from components import storage, tracking
+from components.checkpoint import MLFLOW_ARTIFACT, save_generator
+from components.cli import UserError
+from components.config import Params
+from components.data import shards
+from components.training import engine
+from components.training.loop import FAULT_ENV, read_state, train_loop_per_worker
+from components.training.mlflow_logging import find_or_create_run
+
+log = logging.getLogger(__name__)
+
+# Settings that may change between a run and its resume without changing what is being trained.
+RESUMABLE_KEYS = {
+    "run_name", "experiment", "epochs", "decay_epochs", "use_gpu", "cpus_per_worker", "gpus_per_worker",
+    "max_failures", "log_every_steps", "sample_grid", "checkpoints_to_keep", "amp",
+    "weights_out", "metrics_out", "plots_out",
+}  # fmt: skip
+# Variables the workers need when they run on other machines (credentials, endpoints, tracking).
+FORWARD_ENV_PREFIXES = ("AWS_", "MLFLOW_", "HARMONIZE_")
+CSV_COLUMNS = (
+    "epoch", "step", "val_mse", "val_psnr", "val_fmse", "val_fpsnr",
+    "composite_mse", "composite_psnr", "composite_fmse", "composite_fpsnr",
+    "lr", "images_per_s", "epoch_time_s",
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------------
+
+
+def dataset_name(params: Params) -> str:
+    return params.train.dataset or params.prepare.name
+
+
+def find_shards(params: Params, s3) -> tuple[list[str], list[str]]:
+    root, name = params.storage.root, dataset_name(params)
+    where = shards.dataset_dir(root, name)
+    try:
+        train = shards.shard_uris(root, name, "train", s3)
+        val = shards.shard_uris(root, name, "val", s3)
+    except OSError as exc:
+        raise UserError(f"{where}: cannot list the dataset shards: {exc}") from None
+    missing = [s for s, u in (("train", train), ("val", val)) if not u]
+    if missing:
+        raise UserError(
+            f"{where}: no {' and no '.join(missing)} shards ({'/'.join(missing)}-NNNNN.parquet); run "
+            "`python -m pipeline.prepare` first, or point train.dataset / storage.root at prepared data"
+        )
+    return train, val
+
+
+def _parquet(uri: str, s3) -> pq.ParquetFile:
+    fs, path = storage.filesystem(uri, s3)
+    return pq.ParquetFile(fs.open_input_file(path))
+
+
+def count_rows(uris: list[str], s3) -> int:
+    return sum(_parquet(u, s3).metadata.num_rows for u in uris)
+
+
+def image_size_of(uri: str, s3) -> int:
+    """The (square) image size of a dataset, from the first row of a shard."""
+    f = _parquet(uri, s3)
+    row = f.read_row_group(0, columns=["height", "width"]).slice(0, 1).to_pylist()[0]
+    if row["height"] != row["width"]:
+        raise UserError(f"{uri}: training expects square images, got {row['width']}x{row['height']}")
+    return int(row["height"])
+
+
+def dataset_hash(params: Params, s3) -> str:
+    """``content_hash`` of the dataset card: next to the shards if prepare put one there, else the
+    working-tree card when it describes this dataset; ``unknown`` otherwise."""
+    name = dataset_name(params)
+    candidates = [storage.join(shards.dataset_dir(params.storage.root, name), "card.json")]
+    if name == params.prepare.name:
+        candidates.append(params.prepare.card)
+    for uri in candidates:
+        try:
+            card = json.loads(storage.read_bytes(uri, s3))
+        except (OSError, ValueError):
+            continue
+        if isinstance(card, dict) and card.get("content_hash"):
+            return str(card["content_hash"])
+    return "unknown"
+
+
+def fingerprint(params: Params, gen_spec: dict, data_hash: str) -> str:
+    """Hash of the settings that shape the trajectory (everything but ``RESUMABLE_KEYS``)."""
+    t = {k: v for k, v in params.to_dict()["train"].items() if k not in RESUMABLE_KEYS}
+    what = {
+        "train": t,
+        "generator": gen_spec,
+        "discriminators": [params.model.discriminator, params.model.domain_discriminator]
+        if t["gan"]
+        else None,
+        "dataset": [dataset_name(params), data_hash],
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def train_key(run_name: str, fp: str) -> str:
+    return f"{run_name}-{fp[:8]}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Ray
+# --------------------------------------------------------------------------------------------------
+
+
+def init_ray(params: Params) -> None:
+    """Connect to ``RAY_ADDRESS`` (a cluster, or the one ``ray job submit`` runs us in), or start a local
+    Ray with just the CPUs the workers ask for (not the whole machine) and a small object store."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+        return
+    t = params.train
+    ray.init(
+        num_cpus=max(1, t.num_workers * t.cpus_per_worker),
+        num_gpus=None if t.use_gpu else 0,
+        object_store_memory=256 * 1024**2,
+        log_to_driver=True,
+    )
+
+
+def forwarded_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV_PREFIXES)}
+
+
+def make_trainer(params: Params, loop_config: dict, key: str, s3):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t = params.train
+    resources = {"CPU": t.cpus_per_worker}
+    if t.use_gpu:
+        resources["GPU"] = t.gpus_per_worker
+    fs, path = storage.filesystem(storage.join(params.storage.root, "ray"), s3)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=key,
+            storage_path=path,
+            storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoints_to_keep),
+            worker_runtime_env={"env_vars": forwarded_env()},
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------------
+
+
+def _write_text(path: str, text: str) -> None:
+    storage.write_bytes_atomic(path, text.encode())
+
+
+def write_epochs_csv(path: str, history: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+    _write_text(path, buf.getvalue())
+
+
+def summary(history: list[dict], **info: Any) -> dict[str, Any]:
+    last = history[-1]
+    out = dict(info)
+    out["epochs_done"] = last["epoch"]
+    out["global_step"] = last["step"]
+    for k in ("val_mse", "val_psnr", "val_fmse", "val_fpsnr"):
+        out[k] = round(float(last[k]), 6)
+    out["composite"] = {
+        k: round(float(last[f"composite_{k[4:]}"]), 6)
+        for k in ("val_mse", "val_psnr", "val_fmse", "val_fpsnr")
+    }
+    out["fmse_vs_composite"] = round(float(last["val_fmse"]) / max(float(last["composite_fmse"]), 1e-12), 6)
+    out["images_per_s"] = round(float(sum(r["images_per_s"] for r in history) / len(history)), 3)
+    return out
+
+
+def log_final_model(run_id: str, generator_file: str, image_size: int, epoch: int) -> str:
+    """Log the generator as the run's MLflow model once per final epoch; returns ``runs:/<id>/model``."""
+    from mlflow import MlflowClient
+
+    from components.mlflow_model import MODEL_NAME, log_generator_model
+
+    client = MlflowClient()
+    if client.get_run(run_id).data.tags.get("model_epoch") != str(epoch):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp, MLFLOW_ARTIFACT)
+            local.write_bytes(Path(generator_file).read_bytes())
+            log_generator_model(local, image_size, run_id=run_id)
+        client.set_tag(run_id, "model_epoch", str(epoch))
+    client.set_terminated(run_id, status="FINISHED")
+    return f"runs:/{run_id}/{MODEL_NAME}"
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole stage
+# --------------------------------------------------------------------------------------------------
+
+
+def run(params: Params) -> dict[str, Any]:
+    """Train (or resume) as ``params`` say; returns the summary written to ``train.metrics_out``."""
+    from ray.train import TrainingFailedError
+
+    t = params.train
+    s3 = storage.S3Options.from_config(params.storage)
+    train_uris, val_uris = find_shards(params, s3)
+    n_train = count_rows(train_uris, s3)
+    if n_train // t.num_workers < t.batch_size:
+        raise UserError(
+            f"{shards.dataset_dir(params.storage.root, dataset_name(params))}: {n_train} training rows "
+            f"cannot fill one batch of {t.batch_size} per worker on {t.num_workers} workers"
+        )
+    image_size = image_size_of(val_uris[0], s3)
+    try:
+        gen_spec = engine.generator_spec(params.model.generator, image_size)
+        engine.build_model(gen_spec)
+        if t.gan:
+            engine.build_model(dict(params.model.discriminator))
+            engine.build_model(dict(params.model.domain_discriminator))
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"params model section: {exc}") from None
+
+    data_hash = dataset_hash(params, s3)
+    run_name = t.run_name or tracking.run_name(gen_spec, dataset_name(params))
+    key = train_key(run_name, fingerprint(params, gen_spec, data_hash))
+    uri = tracking.configure()
+    tags = tracking.standard_tags(params, data_hash, dataset=dataset_name(params), image_size=image_size)
+    tags["epochs_planned"] = str(t.epochs + t.decay_epochs)
+    run_id, resumed = find_or_create_run(
+        t.experiment, run_name, key, tags, params, extra_params={"generator_spec": gen_spec}
+    )
+    log.info("train key %s, MLflow run %s (%s)", key, run_id, "resumed" if resumed else "new")
+
+    init_ray(params)
+    loop_config = {
+        "params": params,
+        "gen_spec": gen_spec,
+        "train_uris": train_uris,
+        "val_uris": val_uris,
+        "s3": s3,
+        "run_id": run_id,
+        "tracking_uri": uri,
+    }
+    trainer = make_trainer(params, loop_config, key, s3)
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as exc:
+        from mlflow import MlflowClient
+
+        MlflowClient().set_terminated(run_id, status="FAILED")
+        raise RuntimeError(f"training {key} failed (rerun the same command to resume): {exc}") from exc
+    if result.checkpoint is None:
+        raise RuntimeError(f"training {key} ended without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        state = read_state(d)
+
+    history = state["history"]
+    model = engine.build_model(gen_spec)
+    model.load_state_dict(state["generator"], strict=True)
+    meta = {
+        "run_id": run_id,
+        "train_key": key,
+        "dataset": dataset_name(params),
+        "dataset_hash": data_hash,
+        "placement": tags["placement"],
+        "epoch": state["epoch"],
+    }
+    save_generator(t.weights_out, model, gen_spec, image_size, meta)
+    model_uri = log_final_model(run_id, t.weights_out, image_size, state["epoch"])
+    write_epochs_csv(t.plots_out, history)
+    out = summary(
+        history,
+        run_id=run_id,
+        run_name=run_name,
+        train_key=key,
+        experiment=t.experiment,
+        model_uri=model_uri,
+        dataset=dataset_name(params),
+        dataset_hash=data_hash,
+        image_size=image_size,
+        checkpoint=storage.join(params.storage.root, "ray", key),
+    )
+    _write_text(t.metrics_out, json.dumps(out, indent=2, sort_keys=True) + "\n")
+    if os.environ.get(FAULT_ENV):
+        log.warning("%s is set: fault injection was active", FAULT_ENV)
+    return out

@@ -1,0 +1,151 @@
+"""The Ray Train worker function: data per rank, DDP, per-epoch validation, checkpoint, report.
+
+Every worker runs :func:`train_loop_per_worker`. It restores the latest checkpoint when Ray has one
+(a restart after a failure, or a rerun of the same training), then for each remaining epoch: trains
+on its own part of the shards, validates on its part of the val split (sums all-reduced, so every rank
+sees the same numbers), and calls ``ray.train.report`` with the metrics and, from rank 0, a checkpoint
+of the whole training state. Rank 0 alone talks to MLflow.
+
+Fault injection for tests and drills: ``HARMONIZE_FAULT_AFTER_EPOCH=N`` makes the workers raise right
+after epoch N is reported, but only in a worker group that started without a checkpoint, so the
+restarted (or rerun) training goes through.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from components.data.shards import ShardDataset
+from components.training import engine, figures
+from components.training.mlflow_logging import RankZeroLogger
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+FAULT_ENV = "HARMONIZE_FAULT_AFTER_EPOCH"
+
+
+def checkpoint_dir_name(epoch: int) -> str:
+    return f"epoch_{epoch:04d}"
+
+
+def read_state(directory: str | Path, map_location="cpu") -> dict:
+    """The training state saved in a Ray checkpoint directory."""
+    return torch.load(Path(directory, STATE_FILE), map_location=map_location, weights_only=True)
+
+
+def make_loaders(config: dict, rank: int, world: int):
+    t = config["params"].train
+    train_ds = ShardDataset(
+        config["train_uris"], hflip=t.hflip, rank=rank, world_size=world, seed=t.seed, s3=config["s3"]
+    )
+    val_ds = ShardDataset(
+        config["val_uris"],
+        rank=rank,
+        world_size=world,
+        seed=t.seed,
+        s3=config["s3"],
+        shuffle=False,
+        even=False,
+    )
+    train_loader = DataLoader(train_ds, batch_size=t.batch_size, drop_last=True, num_workers=0)
+    val_loader = DataLoader(val_ds, batch_size=max(t.batch_size, 16), num_workers=0)
+    steps = len(train_ds) // t.batch_size
+    if t.max_steps_per_epoch:
+        steps = min(steps, t.max_steps_per_epoch)
+    return train_ds, train_loader, val_loader, steps
+
+
+def epoch_artifacts(epoch: int, samples, history: list[dict], baseline: dict) -> dict[str, bytes]:
+    out = {"plots/convergence.png": figures.convergence_curve(history, baseline)}
+    if samples is not None:
+        grid = figures.sample_grid(samples["composite"], samples["mask"], samples["output"], samples["real"])
+        out[f"samples/epoch_{epoch:03d}.png"] = figures.png_bytes(grid)
+    return out
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point; ``config`` is built by ``launch.trainer_config``."""
+    import ray.train
+    import ray.train.torch
+
+    params = config["params"]
+    t = params.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if not t.use_gpu:
+        torch.set_num_threads(max(1, t.cpus_per_worker))
+    device = ray.train.torch.get_device()
+
+    state = engine.build_state(params, config["gen_spec"], device, wrap=ray.train.torch.prepare_model)
+    checkpoint = ray.train.get_checkpoint()
+    resumed = checkpoint is not None
+    if resumed:
+        with checkpoint.as_directory() as d:
+            engine.load_state_dict(state, read_state(d, map_location=device))
+        log.info("rank %d: resumed from epoch %d (step %d)", rank, state.epoch, state.global_step)
+
+    train_ds, train_loader, val_loader, steps = make_loaders(config, rank, world)
+    total_epochs = t.epochs + t.decay_epochs
+    fault_after = int(os.environ.get(FAULT_ENV, "0") or 0)
+    logger = RankZeroLogger(config["tracking_uri"], config["run_id"], enabled=rank == 0)
+    status = "FAILED"
+    try:
+        for epoch in range(state.epoch + 1, total_epochs + 1):
+            engine.seed_everything(t.seed, rank, epoch)
+            train_ds.set_epoch(epoch)
+            lr = engine.current_lr(state)
+            sums: dict[str, float] = {}
+            count = 0
+            t0 = time.perf_counter()
+            for i, batch in enumerate(train_loader):
+                if i >= steps:
+                    break
+                losses = engine.train_step(state, batch, t, device, t.amp)
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+                if state.global_step % t.log_every_steps == 0 or i == steps - 1:
+                    logger.log_step(state.global_step, {k: v / count for k, v in sums.items()})
+                    sums, count = {}, 0
+            train_s = time.perf_counter() - t0
+            engine.end_epoch(state)
+
+            keep = t.sample_grid if rank == 0 else 0
+            val_sums, samples = engine.validate(state.generator, val_loader, device, t.amp, keep=keep)
+            val_sums.all_reduce()
+            val, composite = val_sums.means()
+            row = {
+                "epoch": epoch,
+                "step": state.global_step,
+                **val,
+                **{f"composite_{k[4:]}": v for k, v in composite.items()},
+                "lr": lr,
+                "images_per_s": steps * t.batch_size * world / max(train_s, 1e-9),
+                "epoch_time_s": time.perf_counter() - t0,
+            }
+            state.history.append(row)
+
+            if rank == 0:
+                baseline = {k: row[f"composite_{k[4:]}"] for k in ("val_psnr", "val_fmse")}
+                to_log = {k: v for k, v in row.items() if k not in ("epoch", "step")}
+                to_log = {("val_" + k if k.startswith("composite_") else k): v for k, v in to_log.items()}
+                logger.log_epoch(epoch, to_log, epoch_artifacts(epoch, samples, state.history, baseline))
+            with tempfile.TemporaryDirectory() as tmp:
+                ckpt = None
+                if rank == 0:
+                    torch.save(engine.state_dict(state), Path(tmp, STATE_FILE))
+                    ckpt = ray.train.Checkpoint.from_directory(tmp)
+                ray.train.report(row, checkpoint=ckpt, checkpoint_dir_name=checkpoint_dir_name(epoch))
+            if fault_after == epoch and not resumed:
+                raise RuntimeError(f"{FAULT_ENV}={fault_after}: injected failure after epoch {epoch}")
+        status = "FINISHED"
+    finally:
+        logger.close(status)

@@ -1,0 +1,138 @@
+"""MLflow for training: the driver finds or creates the run, rank 0 logs into it, resumes never duplicate.
+
+A training is identified by its *train key* (run name + a fingerprint of the settings that shape the
+trajectory, see ``launch.train_key``), stored as the tag ``train_key``. Rerunning the same key reopens the
+same MLflow run. Metrics are logged with explicit steps (per-step losses: the global step; per-epoch
+validation metrics: the epoch), and on a resume rank 0 first reads how far the run already got, then
+skips what is already there: a crash between logging and checkpointing cannot produce two values for
+one step.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+
+from components import tracking
+
+log = logging.getLogger(__name__)
+
+TRAIN_KEY_TAG = "train_key"
+STEP_METRIC = "loss_g"  # its history tells how many steps were logged
+EPOCH_METRIC = "val_fmse"  # its history tells how many epochs were logged
+SYSTEM_METRICS_INTERVAL_S = 5.0
+
+
+def find_or_create_run(
+    experiment: str, run_name: str, key: str, tags: dict[str, str], params, extra_params: dict | None = None
+) -> tuple[str, bool]:
+    """``(run_id, resumed)``: the run tagged ``train_key == key`` in ``experiment``, else a new one.
+
+    Params are the flattened config; on a resume only keys not yet logged are added (MLflow params are
+    immutable; the settings allowed to change between resumes, like ``train.epochs``, keep their
+    first value there and the current one is in the run's ``epochs_planned`` tag).
+    """
+    client = MlflowClient()
+    exp = tracking.get_or_create_experiment(experiment, client)
+    quoted = key.replace("\\", "\\\\").replace("'", "\\'")
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.{TRAIN_KEY_TAG} = '{quoted}'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    tags = {**tags, TRAIN_KEY_TAG: key}
+    if runs:
+        run_id, resumed = runs[0].info.run_id, True
+        for k, v in tags.items():
+            client.set_tag(run_id, k, v)
+    else:
+        run_id, resumed = (
+            client.create_run(exp.experiment_id, run_name=run_name, tags=tags).info.run_id,
+            False,
+        )
+    tracking.log_params_flat(params, run_id=run_id, on_conflict="keep", client=client)
+    if extra_params:
+        tracking.log_params_flat(extra_params, run_id=run_id, on_conflict="keep", client=client)
+    return run_id, resumed
+
+
+def last_step(client: MlflowClient, run_id: str, metric: str) -> int:
+    """Largest step logged for ``metric`` in the run (-1 when none)."""
+    history = client.get_metric_history(run_id, metric)
+    return max((m.step for m in history), default=-1)
+
+
+class RankZeroLogger:
+    """Logs one worker's view into an existing run; a no-op object on ranks other than 0.
+
+    ``log_system_metrics`` reopens the run as the process's active run with MLflow's system-metrics
+    monitor (CPU, memory, GPU when present, sampled every few seconds).
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str, enabled: bool, system_metrics: bool = True):
+        self.enabled = enabled
+        self.run_id = run_id
+        if not enabled:
+            return
+        mlflow.set_tracking_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri)
+        self.done_step = last_step(self.client, run_id, STEP_METRIC)
+        self.done_epoch = last_step(self.client, run_id, EPOCH_METRIC)
+        self._active = None
+        if system_metrics:
+            mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+            self._active = mlflow.start_run(run_id=run_id, log_system_metrics=True)
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+
+    def _log(self, values: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
+        for i in range(0, len(metrics), 500):
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + 500])
+
+    def log_step(self, step: int, losses: dict[str, float]) -> None:
+        if self.enabled and step > self.done_step:
+            self._log(losses, step)
+
+    def log_epoch(
+        self, epoch: int, values: dict[str, float], artifacts: dict[str, bytes] | None = None
+    ) -> bool:
+        """Log one epoch's metrics (step = epoch) and files (``{"samples/epoch_001.png": bytes}``).
+
+        Returns False (and logs nothing) when this epoch is already in the run.
+        """
+        if not self.enabled or epoch <= self.done_epoch:
+            return False
+        for name, data in (artifacts or {}).items():
+            self.log_bytes(name, data)
+        self._log(values, epoch)
+        self.done_epoch = epoch
+        return True
+
+    def log_bytes(self, artifact_file: str, data: bytes) -> None:
+        if not self.enabled:
+            return
+        path = Path(artifact_file)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp, path.name)
+            local.write_bytes(data)
+            parent = path.parent.as_posix()
+            self.client.log_artifact(self.run_id, str(local), None if parent == "." else parent)
+
+    def close(self, status: str = "FINISHED") -> None:
+        """End the run (``FINISHED``, or ``FAILED`` when training raised)."""
+        if not self.enabled:
+            return
+        if self._active is not None:
+            mlflow.end_run(status=status)
+            self._active = None
+        else:
+            self.client.set_terminated(self.run_id, status=status)

@@ -8,6 +8,8 @@ Why it is written this way:
 * One-pass variances lose precision when the data sit far from the shift. Each region is shifted by
   one of its own pixels (gathered, detached), so ``E[d^2] - E[d]^2`` never cancels badly, not even
   for a 1-pixel region; the algebra below is exact for any constant shift, so gradients are exact.
+* Forward and backward are one fused autograd Function: the backward reuses the same two products
+  on the incoming gradient and keeps only the shifted features ``d`` (no broadcast temporaries).
 * Statistics are computed in float32 (or float64 for float64 inputs) with autocast off, so bfloat16
   autocast changes only the dtype of the result.
 * The mask is resized once per spatial size per forward: a :class:`MaskPyramid` made by the
@@ -78,6 +80,78 @@ def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _coefficients(s, q, n, k, gamma_f, beta_f, gamma_b, beta_b, eps):
+    """Per-(sample, channel, region) output coefficients (B, C, 2) from the shifted sums.
+
+    Index 0 is the foreground, 1 the background; ``y = d * A[region] + C[region]`` with ``d = x - K``.
+    Small tensors only: autograd through this part is cheap.
+    """
+    n = n[:, None, :]  # (B, 1, 2)
+    t = (s - k * eps) / (n + eps)  # mu - K, exactly, without cancellation
+    var = ((q - 2.0 * t * s + t * t * n) / (n + eps)).clamp_min(0.0)
+    sigma = torch.sqrt(var + eps)
+    mu = (s + k * n) / (n + eps)  # exactly 0 for an empty region
+    t_f, t_b = t[..., 0], t[..., 1]
+    sig_f, sig_b = sigma[..., 0], sigma[..., 1]
+    gf, gb = 1.0 + gamma_f[None], 1.0 + gamma_b[None]
+    a_b = gb / sig_b
+    c_b = beta_b[None] - t_b * a_b
+    a_f = sig_b / sig_f * gf
+    c_f = beta_f[None] + mu[..., 1] * gf - t_f * a_f
+    return torch.stack([a_f, a_b], -1), torch.stack([c_f, c_b], -1)
+
+
+def _expand(coef: torch.Tensor, ind_t: torch.Tensor) -> torch.Tensor:
+    """(B, C, 2) per-region values -> (B, C, HW) per-pixel map; exact, since ``ind`` is 0/1."""
+    return torch.bmm(coef, ind_t)
+
+
+class _RAINFunction(torch.autograd.Function):
+    """Fused RAIN: two batched products for the statistics, one fused pass for the output, and an
+    analytic backward (the same two products on the gradient), so no full-size broadcast temporaries
+    are kept for autograd: only ``d`` is saved."""
+
+    @staticmethod
+    def forward(ctx, x, ind, counts, anchors, gamma_f, beta_f, gamma_b, beta_b, eps):
+        b, c, h, w = x.shape
+        xv = x.reshape(b, c, h * w)
+        k = torch.gather(xv, 2, anchors[:, None, :].expand(b, c, 2))  # one pixel of each region
+        k_b = k[..., 1:2]
+        diff = k[..., 0:1] - k_b
+        k_eff = torch.cat([k_b + diff, k_b], -1)  # the shifts actually applied
+        d = xv - k_b
+        d.addcmul_(ind[:, None, :, 0], diff, value=-1.0)  # d = x - K_region(pixel)
+        s = torch.bmm(d, ind)  # (B, C, 2) shifted sums per region
+        q = torch.bmm(d * d, ind)  # (B, C, 2) shifted sums of squares per region
+        params = (gamma_f, beta_f, gamma_b, beta_b)
+        a, cc = _coefficients(s, q, counts, k_eff, *params, eps)
+        ind_t = ind.transpose(1, 2)
+        y = _expand(cc, ind_t)
+        y.addcmul_(d, _expand(a, ind_t))
+        ctx.save_for_backward(d, ind, counts, k_eff, s, q, *params)
+        ctx.eps = eps
+        return y.reshape(b, c, h, w)
+
+    @staticmethod
+    def backward(ctx, gy):
+        d, ind, counts, k_eff, s, q, *params = ctx.saved_tensors
+        b, c, h, w = gy.shape
+        with torch.autocast(device_type=gy.device.type, enabled=False):
+            g = gy.reshape(b, c, h * w).to(d.dtype)
+            g_a = torch.bmm(g * d, ind)  # dL/dA per region
+            g_c = torch.bmm(g, ind)  # dL/dC per region
+            with torch.enable_grad():
+                leaves = [t.detach().requires_grad_(True) for t in (s, q, *params)]
+                a, cc = _coefficients(*leaves[:2], counts, k_eff, *leaves[2:], ctx.eps)
+                grads = torch.autograd.grad((a, cc), leaves, (g_a, g_c))
+            g_s, g_q, *g_params = grads
+            ind_t = ind.transpose(1, 2)
+            dx = _expand(g_s, ind_t)
+            dx.addcmul_(d, _expand(2.0 * g_q, ind_t))
+            dx.addcmul_(g, _expand(a.detach(), ind_t))
+        return (dx.reshape(b, c, h, w), None, None, None, *g_params, None)
+
+
 def rain_normalize(
     x: torch.Tensor,
     pyramid: MaskPyramid,
@@ -88,44 +162,12 @@ def rain_normalize(
     eps: float = EPS,
 ) -> torch.Tensor:
     """The RAIN formula of RAINNET.md section 1, functional form. Returns ``x.dtype``."""
-    b, c, h, w = x.shape
+    _, _, h, w = x.shape
     with torch.autocast(device_type=x.device.type, enabled=False):
         dt = _stat_dtype(x.dtype)
         ind, counts, anchors = pyramid.operands((h, w))
-        ind, counts = ind.to(dt), counts.to(dt)
-        fg = pyramid.at((h, w)) > 0.5  # (B, 1, H, W) bool
-        xv = x.to(dt).reshape(b, c, h * w)
-
-        # Per-region shift: the feature value at one pixel of the region (detached: exact algebra).
-        with torch.no_grad():
-            k = torch.gather(xv, 2, anchors[:, None, :].expand(b, c, 2))  # (B, C, 2): [K_f, K_b]
-        k_f, k_b = k[..., 0], k[..., 1]
-        # d = x - K_region(pixel); exact selection (a lerp would round large coefficients).
-        d = (x.to(dt) - torch.where(fg, k_f[..., None, None], k_b[..., None, None])).reshape(b, c, h * w)
-
-        s = torch.bmm(d, ind)  # (B, C, 2): shifted sums per region
-        q = torch.bmm(d * d, ind)  # (B, C, 2): shifted sums of squares per region
-        n = counts[:, None, :]  # (B, 1, 2)
-        t = (s - k * eps) / (n + eps)  # mu - K, exactly, without cancellation
-        var = ((q - 2.0 * t * s + t * t * n) / (n + eps)).clamp_min(0.0)
-        sigma = torch.sqrt(var + eps)
-        mu = (s + k * n) / (n + eps)  # exactly 0 for an empty region
-        t_f, t_b = t[..., 0], t[..., 1]
-        sig_f, sig_b = sigma[..., 0], sigma[..., 1]
-        mu_b = mu[..., 1]
-
-        gf, bf = 1.0 + gamma_f.to(dt)[None], beta_f.to(dt)[None]
-        gb, bb = 1.0 + gamma_b.to(dt)[None], beta_b.to(dt)[None]
-        # y_R = d * a_R + c_R per region (see module docstring for the algebra).
-        a_b = gb / sig_b
-        c_b = bb - t_b * a_b
-        a_f = sig_b / sig_f * gf
-        c_f = bf + mu_b * gf - t_f * a_f
-
-        d = d.reshape(b, c, h, w)
-        scale = torch.where(fg, a_f[..., None, None], a_b[..., None, None])
-        shift = torch.where(fg, c_f[..., None, None], c_b[..., None, None])
-        y = torch.addcmul(shift, d, scale)
+        params = [p.to(dt) for p in (gamma_f, beta_f, gamma_b, beta_b)]
+        y = _RAINFunction.apply(x.to(dt).contiguous(), ind.to(dt), counts.to(dt), anchors, *params, eps)
     return y.to(x.dtype)
 
 

@@ -152,7 +152,7 @@ class ColourMapping:
         n = len(src)
         order = ["poly3", "poly2", "affine", "shift"]
         order = order[order.index(kind) :]
-        kind = next((k for k in order if n >= 8 * _N_FEATURES[k]), "shift")
+        kind = next((k for k in order if n >= 4 * _N_FEATURES[k]), "shift")
         if kind == "shift":
             coef = np.zeros((1, 3), np.float64)
             coef[0] = (dst - src).mean(axis=0) if n else 0.0
@@ -256,8 +256,11 @@ def network_fn(model, device="auto") -> LowResFn:
 
     @torch.inference_mode()
     def run(comps: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(comps)).to(dev).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        m = (torch.from_numpy(np.ascontiguousarray(masks)).to(dev) > 127).float()[:, None]
+        x = (
+            torch.from_numpy(np.array(comps, dtype=np.uint8)).to(dev).permute(0, 3, 1, 2).float() / 127.5
+            - 1.0
+        )
+        m = (torch.from_numpy(np.array(masks, dtype=np.uint8)).to(dev) > 127).float()[:, None]
         y = model(x, m)
         return images_to_uint8(y)
 

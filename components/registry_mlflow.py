@@ -1,0 +1,192 @@
+"""MLflow Model Registry: register a trained generator once, tag it, and promote it by alias.
+
+Aliases, never the deprecated stages: each newly registered version becomes ``challenger`` (the latest
+candidate); it also becomes ``champion`` only when it strictly beats the current champion on the same test
+set by the params rule (``register.metric`` in ``register.mode``). The previous champion keeps its version
+number and tags; only the alias moves. Registering is idempotent: a training run that already has a
+version gets no second one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from components import metrics
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+DESCRIPTION_LIMIT = 5000  # MLflow's stores cap version descriptions at 5000 characters
+
+
+def registered_name(generator_spec: dict) -> str:
+    """``rainnet`` for RainNet, ``dih`` for DIH and DIH + RAIN (the registry has one name per family)."""
+    name = str(generator_spec.get("name", ""))
+    if name == "rainnet":
+        return "rainnet"
+    if name.startswith("dih"):
+        return "dih"
+    raise ValueError(f"no registered model name for generator {name!r}; set register.model_name")
+
+
+def better(new: float, old: float, mode: str) -> bool:
+    """Strict improvement of ``new`` over ``old`` (a tie keeps the champion)."""
+    if mode not in ("min", "max"):
+        raise ValueError(f"register.mode must be 'min' or 'max', got {mode!r}")
+    if new is None or not math.isfinite(new):
+        return False
+    if old is None or not math.isfinite(old):
+        return True
+    return new < old if mode == "min" else new > old
+
+
+def ensure_registered_model(client: MlflowClient, name: str, description: str = "") -> None:
+    try:
+        client.create_registered_model(name, description=description or None)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+def version_for_run(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
+    """The (oldest) version of ``name`` registered from ``run_id``, if any."""
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def register_run_model(client: MlflowClient, name: str, run_id: str, artifact_path: str = "model"):
+    """(version, created): the run's version, registering ``runs:/<run_id>/model`` only when it has none."""
+    import mlflow
+
+    existing = version_for_run(client, name, run_id)
+    if existing is not None:
+        return existing, False
+    ensure_registered_model(client, name)
+    mv = mlflow.register_model(f"runs:/{run_id}/{artifact_path}", name)
+    return client.get_model_version(name, mv.version), True
+
+
+@dataclass
+class Decision:
+    promoted: bool
+    reason: str
+    previous_champion: str | None = None
+    champion_value: float | None = None
+    aliases: list[str] = field(default_factory=list)
+
+
+def version_tags(evaluation: dict, extra: dict | None = None) -> dict[str, str]:
+    """Version tags: overall test metrics, test set, dataset hash, placement, links to the runs."""
+    gen = evaluation.get("generator") or {}
+    tags = {
+        k: f"{v:.6g}"
+        for k, v in metrics.flatten_summary(evaluation["harmonized"], "test", groups=False).items()
+    }
+    tags.update(
+        {
+            "test_set": str(evaluation.get("test_set")),
+            "test_data": str(evaluation.get("data")),
+            "image_size": str(evaluation.get("image_size")),
+            "dataset_hash": str(evaluation.get("dataset_hash") or "unknown"),
+            "model": str(gen.get("name", "unknown")),
+            "placement": str(gen.get("placement") or "none"),
+            "eval_run_id": str(evaluation.get("eval_run_id")),
+        }
+    )
+    tags.update({k: str(v) for k, v in (extra or {}).items()})
+    return tags
+
+
+def metric_from_tags(tags: dict, metric: str) -> float | None:
+    value = tags.get(f"test_{metric}")
+    return float(value) if value is not None else None
+
+
+def set_description(client: MlflowClient, name: str, version: str, text: str) -> None:
+    if len(text) > DESCRIPTION_LIMIT:
+        text = (
+            text[: DESCRIPTION_LIMIT - 80] + "\n\n(... cut; the full model card is reports/model_card.md)\n"
+        )
+    client.update_model_version(name, version, description=text)
+
+
+def model_card(
+    name: str,
+    version: str,
+    evaluation: dict,
+    train_run: dict,
+    dataset_card: dict | None,
+    decision: Decision,
+    rule: str,
+) -> str:
+    """The model card in markdown: what it is, what it was trained on, how it scores, where it falls short."""
+    gen = evaluation.get("generator") or {}
+    size = evaluation.get("image_size")
+    lines = [
+        f"# {name} version {version}",
+        "",
+        f"Generator `{gen.get('name')}` (placement `{gen.get('placement') or 'none'}`), spec `{gen}`, "
+        f"trained at {size}x{size}. Training run `{train_run.get('run_name')}` "
+        f"(`{evaluation.get('model_run_id')}`), evaluation run `{evaluation.get('eval_run_id')}`.",
+        "",
+        "## Training data",
+        "",
+        f"- dataset content hash: `{evaluation.get('dataset_hash') or 'unknown'}`",
+    ]
+    for key in ("name", "source", "sources", "counts", "n_rows", "splits", "methods", "image_size"):
+        if dataset_card and key in dataset_card:
+            lines.append(f"- {key}: `{dataset_card[key]}`")
+    for key in ("train.epochs", "train.batch_size", "train.lr", "train.gan", "prepare.name"):
+        if key in train_run.get("params", {}):
+            lines.append(f"- {key}: `{train_run['params'][key]}`")
+    lines += [
+        "",
+        f"## Test metrics ({evaluation.get('n_images')} images of `{evaluation.get('data')}`, "
+        f"{size}x{size}, test set `{evaluation.get('test_set')}`)",
+        "",
+        "MSE / PSNR (peak 255, capped at 100 dB) / fMSE / fPSNR on uint8 after rounding, per image then "
+        "averaged (RAINNET.md section 5).",
+        "",
+        "| method | group | n | MSE | PSNR | fMSE | fPSNR |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, key in (("composite (no harmonization)", "composite"), (name, "harmonized")):
+        summ = evaluation[key]
+        groups = {"overall": summ["overall"], **summ["by_subset"]}
+        groups.update({f"fg {k} %": v for k, v in summ["by_fg_ratio"].items()})
+        for group, g in groups.items():
+            vals = " | ".join("-" if g[m] is None else f"{g[m]:.2f}" for m in metrics.METRICS)
+            lines.append(f"| {label} | {group} | {g['n']} | {vals} |")
+    lines += [
+        "",
+        "## Promotion",
+        "",
+        f"Rule: {rule}. Decision: {'promoted to champion' if decision.promoted else 'not promoted'} "
+        f"({decision.reason}). Aliases: {', '.join(decision.aliases) or 'none'}.",
+        "",
+        "## Limits",
+        "",
+        f"- The network sees {size}x{size} images; larger inputs are harmonized by a per-image colour "
+        "mapping fitted at that size (`components.harmonizer`), so the change is a global colour transform "
+        "of the foreground: spatially varying light (shadows, local shading) is not corrected at full "
+        "resolution.",
+        "- Trained on synthesized composites (colour transfer / retouch of a real photo's object); real "
+        "cut-and-paste composites differ in edges, scale and lighting, and are not measured here.",
+        "- Metrics are on the test set above only; numbers on other data (e.g. iHarmony4 at 256x256) are "
+        "not comparable unless evaluated the same way.",
+    ]
+    return "\n".join(lines) + "\n"

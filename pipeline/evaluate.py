@@ -1,0 +1,164 @@
+"""Stage ``evaluate``: score a generator on a test set; per-image CSV, summary tables, MLflow, DVC metrics.
+
+    python -m pipeline.evaluate                                   # models/generator.pt on the prepare test shards
+    python -m pipeline.evaluate -S evaluate.model=models:/rainnet@champion -S evaluate.data=s3://bucket/iHarmony4
+
+The evaluation is an MLflow run in ``harmonization-eval``, tagged with the model's training run id
+(``model_run_id``) so the two link up; its metrics are ``test_mse`` ... ``test_fpsnr`` overall,
+``test_fmse.<subset>`` and ``test_fmse.fg_0-5`` per group, and ``composite_*`` for the unharmonized
+baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from components import evaluation, metrics, storage, tracking
+from components.cli import UserError, base_parser, params_from_args, run_cli
+from components.harmonizer import InputError, network_fn, pick_device
+
+log = logging.getLogger("evaluate")
+
+
+def model_run_id(uri: str, info: dict) -> str | None:
+    """The training run behind a model: from ``runs:/<id>/...``, a registry alias/version, or the file's meta."""
+    if uri.startswith("runs:/"):
+        return uri[len("runs:/") :].split("/", 1)[0]
+    if uri.startswith("models:/"):
+        from mlflow import MlflowClient
+
+        name, _, ref = uri[len("models:/") :].partition("/")[0].partition("@")
+        client = MlflowClient()
+        try:
+            if ref:
+                return client.get_model_version_by_alias(name, ref).run_id
+            name, version = uri[len("models:/") :].split("/")[:2]
+            return client.get_model_version(name, version).run_id
+        except Exception:  # noqa: BLE001 - fall back on the file's own record
+            pass
+    return (info.get("meta") or {}).get("run_id")
+
+
+def model_label(spec: dict) -> str:
+    """``rainnet-rain-decoder`` / ``dih``: the model part of a run name."""
+    return "-".join(str(p) for p in (spec.get("name", "model"), spec.get("placement")) if p)
+
+
+def dataset_card_hash(params) -> str | None:
+    try:
+        return json.loads(Path(params.prepare.card).read_text()).get("content_hash")
+    except (OSError, ValueError):
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = base_parser(__doc__.split("\n", 1)[0])
+    params = params_from_args(parser.parse_args(argv))
+    cfg = params.evaluate
+    s3 = storage.S3Options.from_config(params.storage)
+
+    from components.checkpoint import CheckpointError, load_generator
+
+    tracking.configure()
+    try:
+        model, info = load_generator(cfg.model)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
+    size = int(cfg.image_size or info["image_size"])
+    mult = int(getattr(model, "image_size_multiple", 1) or 1)
+    if size % mult:
+        raise UserError(f"evaluate.image_size={size} must be a multiple of {mult} for this generator")
+
+    dataset_hash = None
+    try:
+        if cfg.data:
+            samples = evaluation.iharmony4_samples(cfg.data, cfg.split, s3)
+            data_name = cfg.data.rstrip("/").rsplit("/", 1)[-1]
+        else:
+            dataset = params.train.dataset or params.prepare.name
+            samples = evaluation.shard_samples(params.storage.root, dataset, cfg.split, s3)
+            data_name, dataset_hash = dataset, dataset_card_hash(params)
+    except InputError as exc:
+        raise UserError(str(exc)) from None
+    test_set = evaluation.test_set_id(samples, size, extra=dataset_hash or "")
+    device = pick_device(cfg.device)
+    log.info(
+        "evaluating %s on %d images of %s at %dx%d on %s",
+        cfg.model,
+        len(samples),
+        data_name,
+        size,
+        size,
+        device,
+    )
+
+    try:
+        rows = evaluation.evaluate(network_fn(model, device), samples, size, cfg.batch_size, s3)
+    except InputError as exc:
+        raise UserError(str(exc)) from None
+    tables = evaluation.summaries(rows)
+
+    spec = dict(info["spec"])
+    meta = dict(info.get("meta") or {})
+    train_run = model_run_id(cfg.model, info)
+    name = cfg.run_name or "eval-" + tracking.run_name(spec, data_name)
+    flat = metrics.flatten_summary(tables["harmonized"], "test")
+    flat.update(metrics.flatten_summary(tables["composite"], "composite", groups=False))
+    tags = tracking.standard_tags(
+        params, meta.get("dataset_hash") or dataset_hash,
+        model_uri=cfg.model, model_run_id=train_run or "unknown", test_set=test_set, eval_data=cfg.data or f"shards:{data_name}",
+    )  # fmt: skip
+    tags.update(model=str(spec.get("name")), placement=str(spec.get("placement") or "none"))
+    exp = tracking.get_or_create_experiment(cfg.experiment)
+    import mlflow
+
+    with mlflow.start_run(experiment_id=exp.experiment_id, run_name=name, tags=tags) as run:
+        tracking.log_params_flat({"evaluate": _asdict(cfg), "image_size": size, "n_images": len(rows)})
+        mlflow.log_metrics(flat)
+        csv_bytes = evaluation.per_image_csv(rows)
+        md = f"## Evaluation of `{cfg.model}` on {data_name} ({len(rows)} images, {size}x{size})\n\n"
+        md += evaluation.summary_markdown(tables, model_label=model_label(spec))
+        mlflow.log_text(csv_bytes.decode(), "eval_per_image.csv")
+        mlflow.log_text(md, "eval_summary.md")
+        eval_run = run.info.run_id
+
+    summary = {
+        "n_images": len(rows),
+        "image_size": size,
+        "test_set": test_set,
+        "data": cfg.data or f"shards:{data_name}",
+        "model_uri": cfg.model,
+        "model_run_id": train_run,
+        "eval_run_id": eval_run,
+        "dataset_hash": meta.get("dataset_hash") or dataset_hash,
+        "generator": spec,
+        "composite": tables["composite"],
+        "harmonized": tables["harmonized"],
+    }
+    for path, data in (
+        (cfg.per_image_out, csv_bytes),
+        (cfg.summary_out, (json.dumps(summary, indent=2, sort_keys=False) + "\n").encode()),
+        (cfg.summary_md, md.encode()),
+    ):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        storage.write_bytes_atomic(path, data)
+    o, c = tables["harmonized"]["overall"], tables["composite"]["overall"]
+    log.info(
+        "fMSE %.2f (composite %.2f), PSNR %.2f (composite %.2f); MLflow run %s",
+        o["fmse"], c["fmse"], o["psnr"], c["psnr"], eval_run,
+    )  # fmt: skip
+    return 0
+
+
+def _asdict(cfg) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(cfg)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -92,3 +92,47 @@ def tracked(mlflow_server, generators, tmp_path_factory) -> dict:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+def run_stage(main, *overrides: str) -> None:
+    """Run a stage's ``main`` in-process with the repo's params.yaml and ``-S`` overrides."""
+    args = ["--params", str(REPO / "params.yaml")]
+    for o in overrides:
+        args += ["-S", o]
+    assert main(args) == 0
+
+
+@pytest.fixture(scope="session")
+def registry_flow(tracked, lalonde, tmp_path_factory) -> dict:
+    """evaluate + register, in the order a team would meet them: a weak model first, then the same run
+    again, then a strong model, then an untrained one. Yields every step's register.json."""
+    import json
+
+    from pipeline import evaluate, register
+
+    name = f"rainnet-{tracked['tag']}"
+    tmp = tmp_path_factory.mktemp("registry")
+    steps = {}
+    for step, label in (("first", "weak"), ("again", "weak"), ("better", "strong"), ("worse", "untrained")):
+        out = tmp / step
+        run_stage(
+            evaluate.main,
+            f"evaluate.model=runs:/{tracked['runs'][label]}/model",
+            f"evaluate.data={lalonde / 'LHarmony'}",
+            f"evaluate.per_image_out={out / 'eval.csv'}",
+            f"evaluate.summary_out={out / 'eval.json'}",
+            f"evaluate.summary_md={out / 'eval.md'}",
+        )
+        run_stage(
+            register.main,
+            f"register.model_name={name}",
+            f"register.eval_in={out / 'eval.json'}",
+            f"register.out={out / 'register.json'}",
+            f"register.card_out={out / 'model_card.md'}",
+        )
+        steps[step] = {
+            "register": json.loads((out / "register.json").read_text()),
+            "eval": json.loads((out / "eval.json").read_text()),
+            "card": (out / "model_card.md").read_text(),
+        }
+    return {"name": name, "steps": steps, **tracked}

@@ -1,0 +1,69 @@
+"""``register``: versions, tags, model card, promotion by alias, idempotency; on a real MLflow server."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.registry_mlflow import better, registered_name
+
+
+def test_promotion_and_idempotency(registry_flow):
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    name, steps, runs = registry_flow["name"], registry_flow["steps"], registry_flow["runs"]
+    first, again, win, lose = (steps[k]["register"] for k in ("first", "again", "better", "worse"))
+
+    # The first version has no champion to beat.
+    assert first["version"] == 1 and first["new_version"] and first["promoted"]
+    assert first["aliases"] == ["challenger", "champion"]
+    # The same run again: nothing new.
+    assert again["version"] == 1 and not again["new_version"] and not again["promoted"]
+    # A better model takes the champion alias; a worse one stays challenger.
+    assert win["version"] == 2 and win["promoted"] and win["previous_champion"] == 1
+    assert win["value"] < win["champion_value"] == pytest.approx(first["value"])
+    assert lose["version"] == 3 and not lose["promoted"] and lose["champion_version"] == 2
+    assert lose["value"] > lose["champion_value"]
+
+    versions = {int(v.version): v for v in client.search_model_versions(f"name = '{name}'")}
+    assert sorted(versions) == [1, 2, 3]  # four registrations, three runs, three versions
+    assert versions[1].run_id == runs["weak"] and versions[2].run_id == runs["strong"]
+    assert client.get_model_version_by_alias(name, "champion").version == "2"
+    assert client.get_model_version_by_alias(name, "challenger").version == "3"
+    assert not client.get_model_version(name, "1").aliases  # the old champion keeps its version
+
+    v2 = client.get_model_version(name, "2")
+    ev = steps["better"]["eval"]
+    assert float(v2.tags["test_fmse"]) == pytest.approx(ev["harmonized"]["overall"]["fmse"], rel=1e-5)
+    assert v2.tags["dataset_hash"] == "lalonde-test" and v2.tags["placement"] == "rain-decoder"
+    assert v2.tags["test_set"] == ev["test_set"] == steps["worse"]["eval"]["test_set"]
+    assert v2.description.startswith(f"# {name} version 2")
+    card = steps["better"]["card"]
+    assert "| composite (no harmonization) | overall | 120 |" in card and "## Limits" in card
+    assert card.index("composite (no harmonization)") < card.index(f"| {name} | overall")
+
+    # The evaluation run links back to the training run.
+    eval_run = client.get_run(ev["eval_run_id"])
+    assert eval_run.data.tags["model_run_id"] == runs["strong"] == ev["model_run_id"]
+
+
+def test_champion_loads_by_alias(registry_flow, tmp_path):
+    """``models:/<name>@champion`` is a model the harmonizer and evaluate can use."""
+    import numpy as np
+
+    from components.harmonizer import Harmonizer
+
+    h = Harmonizer.from_uri(f"models:/{registry_flow['name']}@champion")
+    assert h.image_size == 32 and h.info["meta"]["run_id"] == registry_flow["runs"]["strong"]
+    comp = np.full((48, 64, 3), 120, np.uint8)
+    mask = np.zeros((48, 64), np.uint8)
+    mask[10:40, 10:50] = 255
+    assert h(comp, mask).shape == (48, 64, 3)
+
+
+def test_rule_and_names():
+    assert better(1.0, 2.0, "min") and not better(2.0, 2.0, "min") and better(3.0, 2.0, "max")
+    with pytest.raises(ValueError, match="min"):
+        better(1.0, 2.0, "lowest")
+    assert registered_name({"name": "rainnet"}) == "rainnet"
+    assert registered_name({"name": "dih_rain"}) == registered_name({"name": "dih"}) == "dih"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import uuid
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -48,15 +51,24 @@ def test_dataloader_batches_in_network_ranges(builtin_run):
     assert sorted(ids) == sorted({r["sample_id"] for r in read_rows(builtin_run[1]) if r["split"] == "train"})
 
 
-def test_ray_data_reads_the_shards(builtin_run, ray_cluster):
+def test_ray_data_reads_the_shards(builtin_run):
     import ray
 
     uris = _uris(builtin_run)
-    ray.init(address=ray_cluster["address"], runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    temp = f"/tmp/ray_{uuid.uuid4().hex[:8]}"  # short: Ray's socket paths have a length limit
+    # A private local Ray instance (no dashboard): lighter than the shared head on a busy machine.
+    ray.init(
+        address="local",
+        num_cpus=1,
+        include_dashboard=False,
+        _temp_dir=temp,
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
+    )
     try:
         batches = list(ray_dataset(uris, batch_size=16).iter_batches(batch_size=16, batch_format="numpy"))
     finally:
         ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
     comp = np.concatenate([b["composite"] for b in batches])
     ids = [s for b in batches for s in b["sample_id"]]
     expected = {r["sample_id"] for r in read_rows(builtin_run[1]) if r["split"] == "train"}

@@ -1,0 +1,88 @@
+"""The MLflow UI as a product surface, seen through headless Chromium (Debian's ``chromium``).
+
+The UI is a React app: ``--dump-dom`` with a virtual-time budget returns the DOM after its scripts ran.
+Screenshots go to ``test-artifacts/`` (gitignored) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+import urllib.parse
+
+import pytest
+
+from tests.serve.conftest import REPO
+
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def chromium(url: str, tmp_path, *, screenshot=None) -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does it)")
+    profile = tmp_path / f"profile-{len(list(tmp_path.iterdir()))}"
+    cmd = [
+        exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--window-size=1400,1000",
+    ]  # fmt: skip
+    cmd += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
+    res = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
+
+
+def text(dom: str) -> str:
+    """The visible text of a DOM (style and script bodies dropped), whitespace collapsed."""
+    dom = re.sub(r"<(style|script)[^>]*>.*?</\1>", " ", dom, flags=re.S)
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", dom)).split())
+
+
+def version_rows(dom: str) -> dict[str, str]:
+    """The versions table: ``{"2": "Version 2 <date> <tags> @ champion ..."}``, one entry per row."""
+    rows = re.split(r"(?=Version \d+ \d+/\d+/\d+)", text(dom))[1:]
+    return {r.split()[1]: r for r in rows}
+
+
+def table_rows(dom: str, first_cell: str) -> list[str]:
+    """Rows of the compare page's details table that start with ``first_cell`` (e.g. ``Run Name:``)."""
+    t = text(dom)
+    return [t[m.start() : m.start() + 400] for m in re.finditer(re.escape(first_cell), t)]
+
+
+def test_registered_model_and_run_comparison(registry_flow, tmp_path):
+    from mlflow import MlflowClient
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    url, name = registry_flow["uri"], registry_flow["name"]
+
+    model_url = f"{url}/#/models/{name}"
+    dom = chromium(model_url, tmp_path)
+    (ARTIFACTS / "mlflow_ui_model.html").write_text(dom)
+    by_version = version_rows(dom)
+    assert set(by_version) == {"1", "2", "3"}, text(dom)[-3000:]
+    assert "@ champion" in by_version["2"] and "@ challenger" in by_version["3"]
+    assert "@ champion" not in by_version["1"] and "@ champion" not in by_version["3"]
+    chromium(model_url, tmp_path, screenshot=ARTIFACTS / "mlflow_ui_model.png")
+
+    runs = registry_flow["runs"]
+    ids = [runs["weak"], runs["strong"]]
+    client = MlflowClient()
+    names = [client.get_run(i).info.run_name for i in ids]
+    exp = client.get_run(ids[0]).info.experiment_id
+    query = urllib.parse.urlencode({"runs": json.dumps(ids), "experiments": json.dumps([exp])})
+    compare_url = f"{url}/#/compare-runs?{query}"
+    dom = chromium(compare_url, tmp_path)
+    (ARTIFACTS / "mlflow_ui_compare.html").write_text(dom)
+    assert "Comparing 2 Runs" in dom
+    name_row = table_rows(dom, "Run Name:")[0]
+    assert name_row.index(names[0]) < name_row.index(names[1])  # side by side, in order
+    assert all(n.startswith("rainnet-rain-decoder-lalonde-") for n in names)  # model + placement + data
+    assert table_rows(dom, "val_fmse")  # the metric both runs share has its row
+    shot = ARTIFACTS / "mlflow_ui_compare.png"
+    chromium(compare_url, tmp_path, screenshot=shot)
+    assert shot.stat().st_size > 10_000

@@ -122,7 +122,8 @@ def encode_png(arr: np.ndarray) -> bytes:
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG", compress_level=6)
+    # Level 0 (stored deflate): decodes ~2x faster in the reader; the shard's zstd does the compressing.
+    Image.fromarray(arr).save(buf, format="PNG", compress_level=0)
     return buf.getvalue()
 
 

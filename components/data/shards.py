@@ -166,8 +166,12 @@ def _png(data: bytes) -> np.ndarray:
 
 def decode_triplet(composite: bytes, mask: bytes, real: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """PNG bytes -> float32 arrays in the network's ranges: images (3, H, W) in [-1, 1], mask (1, H, W) 0/1."""
-    comp = _png(composite).astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0
-    real_ = _png(real).astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0
+    comp = np.ascontiguousarray(_png(composite).transpose(2, 0, 1), dtype=np.float32)
+    real_ = np.ascontiguousarray(_png(real).transpose(2, 0, 1), dtype=np.float32)
+    comp *= 1 / 127.5
+    comp -= 1.0
+    real_ *= 1 / 127.5
+    real_ -= 1.0
     m = (_png(mask) >= 128).astype(np.float32)[None]
     return comp, m, real_
 
@@ -219,8 +223,9 @@ class ShardDataset(IterableDataset):
             self._groups = out
         return self._groups
 
-    def _rank_rows(self) -> tuple[list[tuple[int, int, int]], int]:
-        """This rank's part: ``[(group index, row in group, global position)]`` in epoch order."""
+    def _rank_rows(self) -> tuple[list[tuple[int, int, int]], np.ndarray]:
+        """This rank's part: ``[(group index, row in group, global position)]`` in epoch order, and the
+        epoch's horizontal-flip draws (indexed by global position)."""
         groups = self.groups()
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(len(groups)) if self.shuffle else np.arange(len(groups))
@@ -228,17 +233,16 @@ class ShardDataset(IterableDataset):
         for gi in order:
             rows = rng.permutation(groups[gi][2]) if self.shuffle else np.arange(groups[gi][2])
             seq += [(int(gi), int(r)) for r in rows]
-        total = len(seq)
-        per = total // self.world_size if self.even else -(-total // self.world_size)
-        part = seq[self.rank * per : (self.rank + 1) * per]
+        flips = rng.random(len(seq)) < 0.5
+        per = len(seq) // self.world_size if self.even else -(-len(seq) // self.world_size)
         start = self.rank * per
-        return [(g, r, start + k) for k, (g, r) in enumerate(part)], total
+        return [(g, r, start + k) for k, (g, r) in enumerate(seq[start : start + per])], flips
 
     def __len__(self) -> int:
         return len(self._rank_rows()[0])
 
     def __iter__(self):
-        part, _ = self._rank_rows()
+        part, flips = self._rank_rows()
         info = get_worker_info()
         if info is not None and info.num_workers > 1:
             per = -(-len(part) // info.num_workers)
@@ -255,12 +259,13 @@ class ShardDataset(IterableDataset):
                 cache = (g, files[fi].read_row_group(rg, columns=columns).to_pydict())
             rows = cache[1]
             comp, mask, real = decode_triplet(rows["composite"][r], rows["mask"][r], rows["real"][r])
-            if self.hflip and np.random.default_rng([self.seed, self.epoch, pos]).random() < 0.5:
-                comp, mask, real = comp[..., ::-1], mask[..., ::-1], real[..., ::-1]
+            comp, mask, real = torch.from_numpy(comp), torch.from_numpy(mask), torch.from_numpy(real)
+            if self.hflip and flips[pos]:
+                comp, mask, real = comp.flip(-1), mask.flip(-1), real.flip(-1)
             yield {
-                "composite": torch.from_numpy(np.ascontiguousarray(comp)),
-                "mask": torch.from_numpy(np.ascontiguousarray(mask)),
-                "real": torch.from_numpy(np.ascontiguousarray(real)),
+                "composite": comp,
+                "mask": mask,
+                "real": real,
                 "sample_id": rows["sample_id"][r],
                 "subset": rows["subset"][r],
                 "fg_ratio": float(rows["fg_ratio"][r]),

@@ -131,7 +131,7 @@ def ray_cluster(tmp_path_factory) -> dict:
     proc = _start(cmd, log, env={"RAY_USAGE_STATS_ENABLED": "0"})
     info = {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
     try:
-        wait_http(f"{info['dashboard']}/api/version", timeout=180, proc=proc)
+        wait_http(f"{info['dashboard']}/api/version", timeout=300, proc=proc)
         yield info
     finally:
         _stop(proc, timeout=60)

@@ -95,13 +95,13 @@ def write_bytes_atomic(uri: str, data: bytes, s3: S3Options | None = None) -> No
     On S3 an object only appears once its upload completes, which gives the same guarantee.
     """
     fs, path = filesystem(uri, s3)
-    parent = posixpath.dirname(path) if is_s3(uri) else os.path.dirname(path)
-    if parent:
-        fs.create_dir(parent, recursive=True)
-    if is_s3(uri):
+    if is_s3(uri):  # S3 has no folders to create (create_dir would leave empty marker objects)
         with fs.open_output_stream(path) as f:
             f.write(data)
         return
+    parent = os.path.dirname(path)
+    if parent:
+        fs.create_dir(parent, recursive=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     try:
         with fs.open_output_stream(tmp) as f:

@@ -141,6 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _load(cfg) -> Harmonizer:
     from components.checkpoint import CheckpointError
 
+    if cfg.model.startswith(("runs:/", "models:/")):
+        from components import tracking
+
+        tracking.configure(export_env=False)  # MLFLOW_TRACKING_URI, else the project's mlruns.db
     try:
         return Harmonizer.from_uri(
             cfg.model, device=cfg.device, mapping=cfg.mapping, max_pixels=cfg.max_pixels

@@ -67,3 +67,35 @@ def test_rule_and_names():
         better(1.0, 2.0, "lowest")
     assert registered_name({"name": "rainnet"}) == "rainnet"
     assert registered_name({"name": "dih_rain"}) == registered_name({"name": "dih"}) == "dih"
+
+
+def test_champion_is_rescored_on_a_different_test_set(registry_flow, lalonde, tmp_path):
+    """A challenger scored on another test set (here 64x64) is compared with the champion re-scored there."""
+    import json
+
+    from pipeline import evaluate, register
+    from tests.serve.conftest import run_stage
+
+    name, runs = registry_flow["name"], registry_flow["runs"]
+    for label in ("strong", "untrained"):  # the champion's run too, to know its score at 64x64 directly
+        run_stage(
+            evaluate.main,
+            f"evaluate.model=runs:/{runs[label]}/model",
+            f"evaluate.data={lalonde / 'LHarmony'}",
+            "evaluate.image_size=64",
+            f"evaluate.per_image_out={tmp_path / label / 'eval.csv'}",
+            f"evaluate.summary_out={tmp_path / label / 'eval.json'}",
+            f"evaluate.summary_md={tmp_path / label / 'eval.md'}",
+        )
+    run_stage(
+        register.main,
+        f"register.model_name={name}",
+        f"register.eval_in={tmp_path / 'untrained' / 'eval.json'}",
+        f"register.out={tmp_path / 'register.json'}",
+        f"register.card_out={tmp_path / 'card.md'}",
+    )
+    out = json.loads((tmp_path / "register.json").read_text())
+    strong64 = json.loads((tmp_path / "strong" / "eval.json").read_text())
+    assert out["test_set"] != registry_flow["steps"]["better"]["eval"]["test_set"]
+    assert out["champion_value"] == pytest.approx(strong64["harmonized"]["overall"]["fmse"])
+    assert not out["new_version"] and not out["promoted"] and out["champion_version"] == 2

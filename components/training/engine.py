@@ -189,6 +189,10 @@ def to_device(batch: dict, device: torch.device | str) -> tuple[torch.Tensor, to
     return tuple(batch[k].to(device, non_blocking=True) for k in ("composite", "mask", "real"))
 
 
+def _f(x: torch.Tensor) -> float:
+    return float(x.detach())
+
+
 def train_step(state: TrainState, batch: dict, t, device, amp: bool = True) -> dict[str, float]:
     """One iteration on one batch; ``t`` is ``params.train``. Returns the loss values (floats)."""
     comp, mask, real = to_device(batch, device)
@@ -214,12 +218,12 @@ def train_step(state: TrainState, batch: dict, t, device, amp: bool = True) -> d
         loss_gp = None
         if t.gp_weight > 0:
             loss_gp = losses.gradient_penalty(d, real, fake, weight=t.gp_weight)
-            logs["loss_d_gp"] = float(loss_gp)
+            logs["loss_d_gp"] = _f(loss_gp)
         loss_d = losses.discriminator_objective(loss_d_adv, loss_d_v, loss_gp, t.lambda_adv, t.lambda_v)
         loss_d.backward()
         average_gradients((d, dv))
         state.opt_d.step()
-        logs.update(loss_d=float(loss_d), loss_d_adv=float(loss_d_adv), loss_d_v=float(loss_d_v))
+        logs.update(loss_d=_f(loss_d), loss_d_adv=_f(loss_d_adv), loss_d_v=_f(loss_d_v))
         _requires_grad((d, dv), False)
 
     state.opt_g.zero_grad(set_to_none=True)
@@ -229,17 +233,17 @@ def train_step(state: TrainState, batch: dict, t, device, amp: bool = True) -> d
         with autocast(device, amp):
             g_adv = losses.g_hinge_loss(state.discriminator(out))
             g_v = losses.domain_g_loss(state.domain_discriminator(out, mask))
-        logs.update(loss_g_adv=float(g_adv), loss_g_v=float(g_v))
+        logs.update(loss_g_adv=_f(g_adv), loss_g_v=_f(g_v))
     loss_g = losses.generator_objective(loss_l1, g_adv, g_v, t.lambda_adv, t.lambda_v, t.lambda_l1)
     if isinstance(aux, dict) and aux.get("mask_logits") is not None:
         # DIH's segmentation head, trained to predict the foreground mask (no scene-parsing labels).
         loss_mask = F.binary_cross_entropy_with_logits(aux["mask_logits"].float(), mask)
         loss_g = loss_g + t.lambda_mask * loss_mask
-        logs["loss_mask"] = float(loss_mask)
+        logs["loss_mask"] = _f(loss_mask)
     loss_g.backward()
     state.opt_g.step()
     state.global_step += 1
-    logs.update(loss_g=float(loss_g.detach()), loss_l1=float(loss_l1.detach()))
+    logs.update(loss_g=_f(loss_g), loss_l1=_f(loss_l1))
     return logs
 
 

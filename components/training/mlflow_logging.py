@@ -11,6 +11,7 @@ one step.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -87,7 +88,8 @@ class RankZeroLogger:
         self.done_epoch = last_step(self.client, run_id, EPOCH_METRIC)
         self._active = None
         if system_metrics:
-            mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+            if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
+                mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
             self._active = mlflow.start_run(run_id=run_id, log_system_metrics=True)
         else:
             self.client.update_run(run_id, status="RUNNING")

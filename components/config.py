@@ -314,6 +314,11 @@ def load_params(
         raise ConfigError(f"{path}: {exc}") from None
 
 
+def params_from_dict(data: dict, overrides: typing.Iterable[str] = ()) -> Params:
+    """Build ``Params`` from a mapping (the defaults for anything missing), e.g. without a params file."""
+    return _from_dict(Params, apply_overrides(data, overrides), "")
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: the form MLflow params and DVC params take."""
     out: dict[str, Any] = {}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from components import storage
 from components.cli import UserError, base_parser, run_cli
-from components.config import Params, load_params
+from components.config import Params, load_params, params_from_dict
 from components.evaluation import IMAGE_EXTS, mask_and_real_names
 from components.harmonizer import MAPPINGS, Harmonizer, InputError, encode_image
 
@@ -78,9 +78,7 @@ def _stem(path: str) -> str:
 def load_cli_params(args) -> Params:
     """params.yaml when present; anyone with only a model file gets the defaults (plus ``-S`` overrides)."""
     if args.params == "params.yaml" and not Path("params.yaml").is_file() and not args.profile:
-        from components.config import _from_dict, apply_overrides
-
-        return _from_dict(Params, apply_overrides({}, args.overrides), "")
+        return params_from_dict({}, args.overrides)
     return load_params(args.params, args.overrides, args.profile)
 
 

@@ -298,6 +298,12 @@ def run(params: Params) -> dict[str, Any]:
         state = read_state(d)
 
     history = state["history"]
+    if state["epoch"] > t.epochs + t.decay_epochs:
+        log.warning(
+            "%s: the checkpoint is already at epoch %d, beyond the %d requested; the outputs are from "
+            "epoch %d (set a new train.run_name to train from scratch)",
+            key, state["epoch"], t.epochs + t.decay_epochs, state["epoch"],
+        )  # fmt: skip
     model = engine.build_model(gen_spec)
     model.load_state_dict(state["generator"], strict=True)
     meta = {

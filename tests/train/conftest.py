@@ -25,6 +25,8 @@ TINY = [
     "model.discriminator.ndf=4",
     "model.domain_discriminator.ndf=4",
     "train.batch_size=4",
+    "train.decay_epochs=0",
+    "train.cpus_per_worker=1",
     "train.log_every_steps=2",
     "train.sample_grid=2",
 ]

@@ -26,9 +26,13 @@ def sh(cmd: list[str], cwd: Path, env: dict, timeout: float = 480) -> subprocess
 
 def clone_working_tree(dest: Path) -> None:
     """Tracked and untracked-but-not-ignored files (what a commit of this tree would hold), as a new repo."""
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
-    ).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, files):
         src = REPO / rel
         if src.is_file():
@@ -43,7 +47,8 @@ def test_dvc_repro_train_then_metrics_and_plots(tmp_path):
     params["prepare"].update(image_size=32, crops_per_photo=2, val_fraction=0.3, test_fraction=0.2,
                              sources=[{"kind": "builtin", "limit": 10}])  # fmt: skip
     params["model"]["generator"]["ngf"] = 4
-    params["train"].update(epochs=1, batch_size=4, num_workers=1, log_every_steps=2)
+    params["train"].update(epochs=1, decay_epochs=0, batch_size=4, num_workers=1, cpus_per_worker=1,
+                           log_every_steps=2)  # fmt: skip
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_", "RAY_ADDRESS"))}
     env.update(PATH=f"{BIN}:{env.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0", GIT_AUTHOR_NAME="t",

@@ -121,7 +121,7 @@ def test_ray_job_submit_with_s3_checkpoints_and_worker_restart(ray_head, mlflow_
            "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--", PY, "-m", "pipeline.train"]  # fmt: skip
     for a in args:
         cmd += ["-S", a]
-    for _ in range(30):  # a fresh head's job agent registers a little after the dashboard answers
+    for _ in range(90):  # a fresh head's job agent registers a little after the dashboard answers
         job = subprocess.run(cmd, capture_output=True, text=True, timeout=480,
                              env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})  # fmt: skip
         if "No available agent to submit job" not in job.stderr:

@@ -128,6 +128,10 @@ def ray_cluster(tmp_path_factory) -> dict:
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
         f"--temp-dir={temp_dir}", "--disable-usage-stats",
     ]  # fmt: skip
+    # Ray 2.60 turns token authentication on by default; this head listens on 127.0.0.1 only, so the
+    # tests run it (and its clients: ray job submit, ray.init) with authentication off.
+    saved_auth = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     proc = _start(cmd, log, env={"RAY_USAGE_STATS_ENABLED": "0"})
     info = {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
     try:
@@ -136,6 +140,10 @@ def ray_cluster(tmp_path_factory) -> dict:
     finally:
         _stop(proc, timeout=60)
         shutil.rmtree(temp_dir, ignore_errors=True)
+        if saved_auth is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved_auth
 
 
 @pytest.fixture(scope="session")

@@ -103,15 +103,3 @@ def tiny_local(tmp_path) -> dict:
     store = str(proj / "store")
     write_tiny_dataset(store)
     return {"proj": proj, "root": store}
-
-
-@pytest.fixture(scope="session")
-def ray_head(request) -> dict:
-    """The shared ``ray_cluster`` head, started with token authentication off.
-
-    Ray 2.60 enables token auth by default: the dashboard answers 401 to the unauthenticated health
-    probe of ``tests/conftest.py`` and the fixture times out. The head only listens on 127.0.0.1 in
-    the tests, so authentication is turned off for it (the env is inherited by ``ray start``).
-    """
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    return request.getfixturevalue("ray_cluster")

@@ -101,7 +101,9 @@ def test_two_workers_killed_run_resumes_from_its_checkpoint(tiny_local):
     assert (out[fg] != composite[fg]).mean() > 0.5  # foreground harmonized
 
 
-def test_ray_job_submit_with_s3_checkpoints_and_worker_restart(ray_head, mlflow_server, s3_bucket, tmp_path):
+def test_ray_job_submit_with_s3_checkpoints_and_worker_restart(
+    ray_cluster, mlflow_server, s3_bucket, tmp_path
+):
     """A job on a Ray head: data and checkpoints on S3, MLflow on a server, one injected worker failure
     that FailureConfig recovers from the epoch-1 checkpoint."""
     s3 = S3Options()
@@ -117,7 +119,7 @@ def test_ray_job_submit_with_s3_checkpoints_and_worker_restart(ray_head, mlflow_
                                        "AWS_ENDPOINT_URL")},
     }  # fmt: skip
     cmd = [str(REPO / ".venv" / "bin" / "ray") if (REPO / ".venv" / "bin" / "ray").exists() else "ray",
-           "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(REPO),
+           "job", "submit", "--address", ray_cluster["dashboard"], "--working-dir", str(REPO),
            "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--", PY, "-m", "pipeline.train"]  # fmt: skip
     for a in args:
         cmd += ["-S", a]

@@ -205,22 +205,34 @@ def run_name(generator_spec: Mapping[str, Any], dataset_name: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def find_run_by_name(
-    experiment: str | Experiment, name: str, client: MlflowClient | None = None
+def equals_filter(field: str, value: str) -> str:
+    """An MLflow search filter ``field = 'value'`` with the value quoted safely."""
+    quoted = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"{field} = '{quoted}'"
+
+
+def find_latest_run(
+    experiment: str | Experiment, filter_string: str, client: MlflowClient | None = None
 ) -> Run | None:
-    """The most recent live run called ``name`` in ``experiment`` (name or object); None if there is none."""
+    """The most recent run of ``experiment`` (name or object) matching ``filter_string``; None if none."""
     client = client or MlflowClient()
     exp = client.get_experiment_by_name(experiment) if isinstance(experiment, str) else experiment
     if exp is None:
         return None
-    quoted = name.replace("\\", "\\\\").replace("'", "\\'")
     runs = client.search_runs(
         [exp.experiment_id],
-        filter_string=f"attributes.run_name = '{quoted}'",
+        filter_string=filter_string,
         max_results=1,
         order_by=["attributes.start_time DESC"],
     )
     return runs[0] if runs else None
+
+
+def find_run_by_name(
+    experiment: str | Experiment, name: str, client: MlflowClient | None = None
+) -> Run | None:
+    """The most recent live run called ``name`` in ``experiment`` (name or object); None if there is none."""
+    return find_latest_run(experiment, equals_filter("attributes.run_name", name), client)
 
 
 def start_or_resume_run(

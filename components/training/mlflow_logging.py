@@ -41,16 +41,10 @@ def find_or_create_run(
     """
     client = MlflowClient()
     exp = tracking.get_or_create_experiment(experiment, client)
-    quoted = key.replace("\\", "\\\\").replace("'", "\\'")
-    runs = client.search_runs(
-        [exp.experiment_id],
-        filter_string=f"tags.{TRAIN_KEY_TAG} = '{quoted}'",
-        max_results=1,
-        order_by=["attributes.start_time DESC"],
-    )
+    run = tracking.find_latest_run(exp, tracking.equals_filter(f"tags.{TRAIN_KEY_TAG}", key), client)
     tags = {**tags, TRAIN_KEY_TAG: key}
-    if runs:
-        run_id, resumed = runs[0].info.run_id, True
+    if run is not None:
+        run_id, resumed = run.info.run_id, True
         for k, v in tags.items():
             client.set_tag(run_id, k, v)
     else:

@@ -120,6 +120,15 @@ def ray_cluster(tmp_path_factory) -> dict:
     Yields ``{"address": "127.0.0.1:PORT", "dashboard": "http://127.0.0.1:PORT"}``.
     """
     port, dash = free_port(), free_port()
+    # Every listener on its own free port: another Ray on the machine (a developer's `dvc repro`, a
+    # local ray.init) holds the defaults, and a head whose agent cannot bind accepts no jobs.
+    ports = {
+        flag: free_port()
+        for flag in (
+            "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+            "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port",
+        )
+    }  # fmt: skip
     temp_dir = Path("/tmp") / f"ray_{uuid.uuid4().hex[:8]}"
     log = tmp_path_factory.mktemp("ray") / "ray.log"
     cmd = [
@@ -127,6 +136,7 @@ def ray_cluster(tmp_path_factory) -> dict:
         "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
         f"--temp-dir={temp_dir}", "--disable-usage-stats",
+        *(f"--{flag}={p}" for flag, p in ports.items()),
     ]  # fmt: skip
     # Ray 2.60 turns token authentication on by default; this head listens on 127.0.0.1 only, so the
     # tests run it (and its clients: ray job submit, ray.init) with authentication off.

@@ -149,6 +149,9 @@ class RegisterConfig:
     eval_in: str = "metrics/eval.json"  # evaluate's summary: which model, which test set, its metrics
     metric: str = "fmse"  # promotion rule: challenger becomes champion if it beats the champion ...
     mode: str = "min"  # ... on this overall metric in this direction
+    # ... and only if it also beats the unharmonized composite on that test set (a model that makes
+    # composites worse is never served as champion)
+    beat_composite: bool = True
     card_out: str = "reports/model_card.md"
     out: str = "metrics/register.json"
 

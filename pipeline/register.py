@@ -5,7 +5,8 @@
 The version gets the evaluation metrics, test set id, dataset card hash and placement as tags and the
 model card (``reports/model_card.md``) as its description. New versions become ``challenger``; one
 becomes ``champion`` only when it strictly beats the champion on the same test set by ``register.metric``
-/ ``register.mode`` (the champion is re-evaluated on this test set when its tags are for another one).
+/ ``register.mode`` (the champion is re-evaluated on this test set when its tags are for another one), and
+(``register.beat_composite``) also beats the unharmonized composite there.
 Rerunning for the same training run registers nothing new. Writes ``metrics/register.json``.
 """
 
@@ -96,7 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cfg.mode == "min"
         else f"higher overall test {cfg.metric} wins"
     )
-    if champion is None:
+    baseline = evaluation["composite"]["overall"][cfg.metric]
+    if cfg.beat_composite and not reg.better(value, baseline, cfg.mode):
+        decision = reg.Decision(
+            False, f"{cfg.metric} {value:.4f} does not beat the unharmonized composite's {baseline:.4f}"
+        )
+    elif champion is None:
         decision = reg.Decision(True, "no champion yet")
     elif champion.version == version.version:
         decision = reg.Decision(False, "already the champion", champion.version, value)

@@ -129,6 +129,7 @@ def registry_flow(tracked, lalonde, tmp_path_factory) -> dict:
             f"register.eval_in={out / 'eval.json'}",
             f"register.out={out / 'register.json'}",
             f"register.card_out={out / 'model_card.md'}",
+            "register.beat_composite=false",  # this flow checks the champion-vs-challenger rule alone
         )
         steps[step] = {
             "register": json.loads((out / "register.json").read_text()),

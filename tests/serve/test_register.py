@@ -93,9 +93,36 @@ def test_champion_is_rescored_on_a_different_test_set(registry_flow, lalonde, tm
         f"register.eval_in={tmp_path / 'untrained' / 'eval.json'}",
         f"register.out={tmp_path / 'register.json'}",
         f"register.card_out={tmp_path / 'card.md'}",
+        "register.beat_composite=false",  # the champion-vs-challenger rule alone
     )
     out = json.loads((tmp_path / "register.json").read_text())
     strong64 = json.loads((tmp_path / "strong" / "eval.json").read_text())
     assert out["test_set"] != registry_flow["steps"]["better"]["eval"]["test_set"]
     assert out["champion_value"] == pytest.approx(strong64["harmonized"]["overall"]["fmse"])
     assert not out["new_version"] and not out["promoted"] and out["champion_version"] == 2
+
+
+def test_a_model_worse_than_the_composite_is_never_champion(registry_flow, tmp_path):
+    """With ``register.beat_composite`` (the default), an untrained model that makes the composites worse
+    is registered as ``challenger`` but not promoted, even with no champion to beat."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from pipeline import register
+    from tests.serve.conftest import run_stage
+
+    worse = registry_flow["steps"]["worse"]["eval"]
+    assert worse["harmonized"]["overall"]["fmse"] > worse["composite"]["overall"]["fmse"]
+    name = f"{registry_flow['name']}-guarded"
+    eval_in = tmp_path / "eval.json"
+    eval_in.write_text(json.dumps(worse))
+    out = tmp_path / "register.json"
+    run_stage(register.main, f"register.model_name={name}", f"register.eval_in={eval_in}",
+              f"register.out={out}", f"register.card_out={tmp_path / 'card.md'}")  # fmt: skip
+    result = json.loads(out.read_text())
+    assert not result["promoted"] and result["aliases"] == ["challenger"]
+    assert "does not beat the unharmonized composite" in result["reason"]
+    assert result["champion_version"] is None
+    client = MlflowClient()
+    assert client.get_registered_model(name).aliases == {"challenger": "1"}

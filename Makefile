@@ -1,5 +1,5 @@
 # Two commands on a fresh machine with Python 3.11:  `make pipeline`  and  `make test`.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed

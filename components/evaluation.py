@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from components import metrics, storage
+from components.data.sources import iharmony4_subsets
 from components.harmonizer import InputError, decode_image, resize_mask, resize_rgb
 
 log = logging.getLogger(__name__)
@@ -47,21 +48,6 @@ class Sample:
 # --------------------------------------------------------------------------------------------------
 
 
-def _is_dir(uri: str, s3) -> bool:
-    import pyarrow.fs as pafs
-
-    fs, path = storage.filesystem(uri, s3)
-    return fs.get_file_info(path).type == pafs.FileType.Directory
-
-
-def _subdirs(uri: str, s3) -> list[str]:
-    import pyarrow.fs as pafs
-
-    fs, path = storage.filesystem(uri, s3)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    return sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.Directory)
-
-
 def mask_and_real_names(composite_name: str) -> tuple[str, str]:
     """``<id>_<mask>_<k>.jpg`` -> (``<id>_<mask>.png``, ``<id>.jpg``), the iHarmony4 naming rule."""
     stem = composite_name.rsplit(".", 1)[0]
@@ -79,23 +65,13 @@ def iharmony4_samples(root: str, split: str = "test", s3=None) -> list[Sample]:
     (one composite file name per line); without that list every composite is used, with a warning.
     """
     root = str(root).rstrip("/")
-    if not _is_dir(root, s3):
+    if not storage.is_dir(root, s3):
         raise InputError(f"{root}: evaluation data folder not found")
-    if _is_dir(storage.join(root, "composite_images"), s3):
-        subset_dirs = [root]
-    else:
-        subset_dirs = [
-            storage.join(root, d)
-            for d in _subdirs(root, s3)
-            if _is_dir(storage.join(root, d, "composite_images"), s3)
-        ]
-    if not subset_dirs:
+    subsets = iharmony4_subsets(root, s3)
+    if not subsets:
         raise InputError(f"{root}: no iHarmony4 subset (a folder with composite_images/) found")
     samples: list[Sample] = []
-    for sdir in subset_dirs:
-        subset = (
-            posixpath.basename(sdir.rstrip("/")) if storage.is_s3(sdir) else sdir.rstrip("/").split("/")[-1]
-        )
+    for subset, sdir in subsets:
         names = _split_list(sdir, subset, split, root, s3)
         for name in names:
             mask_name, real_name = mask_and_real_names(name)

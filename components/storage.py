@@ -83,6 +83,18 @@ def list_files(uri: str, suffix: str = "", s3: S3Options | None = None) -> list[
     return sorted(prefix + i.path for i in info if i.type == pafs.FileType.File and i.path.endswith(suffix))
 
 
+def is_dir(uri: str, s3: S3Options | None = None) -> bool:
+    fs, path = filesystem(uri, s3)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def list_dirs(uri: str, s3: S3Options | None = None) -> list[str]:
+    """Names of the folders directly under a folder URI, sorted (an S3 prefix counts as a folder)."""
+    fs, path = filesystem(uri, s3)
+    info = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(posixpath.basename(i.path) for i in info if i.type == pafs.FileType.Directory)
+
+
 def read_bytes(uri: str, s3: S3Options | None = None) -> bytes:
     fs, path = filesystem(uri, s3)
     with fs.open_input_stream(path) as f:

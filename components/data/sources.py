@@ -162,15 +162,9 @@ def _images(folder: str, s3: S3Options | None) -> list[str]:
     return [u for u in storage.list_files(folder, s3=s3) if u.lower().endswith(IMAGE_EXTS)]
 
 
-def _subdirs(uri: str, s3: S3Options | None) -> list[str]:
-    fs, path = storage.filesystem(uri, s3)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    return sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.Directory)
-
-
 def _require_dir(uri: str, s3: S3Options | None, what: str) -> None:
     fs, path = storage.filesystem(uri, s3)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound and not _subdirs(uri, s3):
+    if fs.get_file_info(path).type == pafs.FileType.NotFound and not storage.list_dirs(uri, s3):
         raise FileNotFoundError(f"{what}: {uri} does not exist")
 
 
@@ -221,18 +215,23 @@ def _read_methods(uri: str, s3: S3Options | None) -> dict[str, str]:
     return dict(line.split("\t", 1) for line in lines if "\t" in line)
 
 
+def iharmony4_subsets(path: str, s3: S3Options | None) -> list[tuple[str, str]]:
+    """``(subset name, folder)`` of an iHarmony4-layout folder: the folder itself when it holds
+    ``composite_images/``, else each of its subfolders that does."""
+    if "composite_images" in storage.list_dirs(path, s3):
+        return [(posixpath.basename(str(path).rstrip("/")), path)]
+    return [
+        (name, storage.join(path, name))
+        for name in storage.list_dirs(path, s3)
+        if "composite_images" in storage.list_dirs(storage.join(path, name), s3)
+    ]
+
+
 def list_iharmony4(
     path: str, subset_override: str | None, limit: int | None, s3: S3Options | None
 ) -> SourceListing:
     _require_dir(path, s3, "iharmony4 source")
-    if "composite_images" in _subdirs(path, s3):
-        subsets = [(posixpath.basename(str(path).rstrip("/")), path)]
-    else:
-        subsets = [
-            (name, storage.join(path, name))
-            for name in _subdirs(path, s3)
-            if "composite_images" in _subdirs(storage.join(path, name), s3)
-        ]
+    subsets = iharmony4_subsets(path, s3)
     if not subsets:
         raise FileNotFoundError(f"iharmony4 source: no <subset>/composite_images folder under {path}")
     out = SourceListing(description={"kind": "iharmony4", "path": path, "subsets": {}})

@@ -63,10 +63,16 @@ class PrepareConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     methods: list[str] = field(
-        default_factory=lambda: ["lab_transfer", "rgb_transfer", "histogram", "retouch"]
+        default_factory=lambda: ["lab_transfer", "rgb_transfer", "histogram", "retouch", "tone_curve"]
     )
+    # Methods used only for the test split's composites (train / val never see them): a measure of
+    # generalization beyond prepare's own recipe.
+    holdout_methods: list[str] = field(default_factory=lambda: ["idt"])
+    # Test triplets keep their native size, downscaled (aspect kept) when the longer side exceeds
+    # this (null: no cap); train / val are image_size x image_size.
+    test_max_side: int | None = 256
     # Rejection band on the foreground MSE between composite and real (0..255 scale).
-    fg_mse_min: float = 100.0
+    fg_mse_min: float = 10.0
     fg_mse_max: float = 2500.0
     fg_ratio_min: float = 0.03
     fg_ratio_max: float = 0.5

@@ -1,5 +1,10 @@
 """``prepare`` end to end: list sources, make masks, synthesize composites, write shards, describe them.
 
+Train and val triplets are square, ``image_size`` x ``image_size`` (what training reads). Test triplets
+keep the source's native size (a builtin crop's size before resizing), downscaled with the aspect ratio
+kept only when the longer side exceeds ``test_max_side``; their composites are synthesized at that size,
+with ``methods`` plus ``holdout_methods`` (methods train and val never see).
+
 Work is split into items (a crop, a photo, a composite), each with its own random generator seeded
 from ``(seed, item id)``; results are consumed in task order, so the shards are byte-identical for the
 same params whatever ``processes`` is.
@@ -45,7 +50,7 @@ GRID_PER_SPLIT = 4
 
 @dataclass
 class Base:
-    """A real image at training size with its object mask (before synthesis)."""
+    """A real image at its split's size with its object mask (before synthesis)."""
 
     entry: Entry
     real: np.ndarray
@@ -72,13 +77,28 @@ class PrepareResult:
 # --------------------------------------------------------------------------------------------------
 
 
+def _resizers(split: str, opt: dict) -> tuple[Callable, Callable]:
+    """(image, mask) resizers of a split: square ``image_size`` for train / val; for test the native
+    size, downscaled (aspect ratio kept) when the longer side exceeds ``test_max_side``."""
+    if split == "test":
+        side = opt["test_max_side"]
+
+        def fit(a: np.ndarray) -> tuple[int, int]:
+            return images.fit_within(a.shape[1], a.shape[0], side)
+
+        return (lambda a: images.resize_image(a, fit(a))), (lambda m: images.resize_mask(m, fit(m)))
+    size = opt["image_size"]
+    return (lambda a: images.resize_image(a, size)), (lambda m: images.resize_mask(m, size))
+
+
 def _load_base(task: tuple[str, Entry, dict, dict]) -> Outcome:
     _, entry, blobs, opt = task
-    size, notes = opt["image_size"], []
+    resize_image, resize_mask = _resizers(entry.split, opt)
+    notes: list = []
     try:
         if entry.kind == "builtin":
             y0, y1, x0, x1 = entry.payload["box"]
-            real = images.resize_image(builtin_photo(entry.payload["photo"])[y0:y1, x0:x1], size)
+            real = resize_image(builtin_photo(entry.payload["photo"])[y0:y1, x0:x1])
             mask = masks.object_mask(real, rng_for(opt["seed"], "mask", entry.key), *opt["fg_ratio"])
             if mask is None:
                 return Outcome(skip=Skip("no_object_mask", entry.key, "no object-like mask in the area band"))
@@ -86,18 +106,20 @@ def _load_base(task: tuple[str, Entry, dict, dict]) -> Outcome:
             photo = images.decode_image(blobs["photo"], entry.payload["photo"], notes)
             mask = images.decode_mask(blobs["mask"], entry.payload["mask"], notes)
             images.check_same_size(photo, mask, entry.payload["photo"], entry.payload["mask"])
-            real, mask = images.resize_image(photo, size), images.resize_mask(mask, size)
+            real, mask = resize_image(photo), resize_mask(mask)
             if not mask.any() or mask.all():
                 raise BadInput(
                     "mask_empty" if not mask.any() else "mask_full", entry.payload["mask"], "after resize"
                 )
     except BadInput as exc:
         return Outcome(skip=Skip(exc.reason, exc.name, exc.detail), notes=tuple(notes))
-    stats = synthesis.object_stats(real, mask, entry.scene_id)
+    stats = synthesis.object_stats(real, mask, entry.scene_id, rng_for(opt["seed"], "stats", entry.key))
     return Outcome(Base(entry, real, mask, stats), notes=tuple(notes))
 
 
-def _row(entry: Entry, sample_id: str, method: str, comp, mask, real, mse: float) -> dict:
+def _row(
+    entry: Entry, sample_id: str, method: str, comp, mask, real, mse: float, strength: float | None = None
+) -> dict:
     return {
         "sample_id": sample_id,
         "scene_id": entry.scene_id,
@@ -112,6 +134,7 @@ def _row(entry: Entry, sample_id: str, method: str, comp, mask, real, mse: float
         "width": int(real.shape[1]),
         "fg_ratio": float(mask.mean()),
         "fg_mse": float(mse),
+        "strength": None if strength is None else float(strength),
     }
 
 
@@ -120,13 +143,15 @@ def _make_row(task: tuple) -> Outcome:
         _, base, k, refs, opt = task
         sample_id = f"{base.entry.key}_{k}"
         rng = rng_for(opt["seed"], "synth", sample_id)
-        out = synthesis.synthesize(base.real, base.mask, refs, opt["methods"], rng, opt["fg_mse"])
+        methods = opt["methods"] + (opt["holdout_methods"] if base.entry.split == "test" else [])
+        out = synthesis.synthesize(base.real, base.mask, refs, methods, rng, opt["fg_mse"])
         if out is None:
             return Outcome(skip=Skip("fg_mse_out_of_band", sample_id, "no composite within the fg MSE band"))
-        comp, method, mse = out
-        return Outcome(_row(base.entry, sample_id, method, comp, base.mask, base.real, mse))
+        comp, method, mse, strength = out
+        return Outcome(_row(base.entry, sample_id, method, comp, base.mask, base.real, mse, strength))
     _, entry, blobs, opt = task
-    p, notes, size = entry.payload, [], opt["image_size"]
+    p, notes = entry.payload, []
+    resize_image, resize_mask = _resizers(entry.split, opt)
     try:
         comp = images.decode_image(blobs["composite"], p["composite"], notes)
         real = images.decode_image(blobs["real"], p["real"], notes)
@@ -134,8 +159,7 @@ def _make_row(task: tuple) -> Outcome:
         if comp.shape != real.shape:
             raise BadInput("size_mismatch", p["composite"], f"composite vs real {p['real']}")
         images.check_same_size(real, mask, p["real"], p["mask"])
-        comp, real = images.resize_image(comp, size), images.resize_image(real, size)
-        mask = images.resize_mask(mask, size)
+        comp, real, mask = resize_image(comp), resize_image(real), resize_mask(mask)
         if not mask.any() or mask.all():
             raise BadInput("mask_empty" if not mask.any() else "mask_full", p["mask"], "after resize")
     except BadInput as exc:
@@ -203,13 +227,23 @@ def _list_sources(cfg: PrepareConfig, s3: S3Options | None) -> list[SourceListin
 
 
 def _check_config(cfg: PrepareConfig) -> None:
-    unknown = sorted(set(cfg.methods) - set(synthesis.METHODS))
+    known = list(synthesis.METHODS)
+    unknown = sorted(set(cfg.methods) - set(known))
     if unknown or not cfg.methods:
+        raise UserError(f"prepare.methods: unknown {unknown or 'empty list'}; known: {known}")
+    unknown = sorted(set(cfg.holdout_methods) - set(known))
+    if unknown:
+        raise UserError(f"prepare.holdout_methods: unknown {unknown}; known: {known}")
+    both = sorted(set(cfg.methods) & set(cfg.holdout_methods))
+    if both:
         raise UserError(
-            f"prepare.methods: unknown {unknown or 'empty list'}; known: {list(synthesis.METHODS)}"
+            f"prepare.holdout_methods: {both} also in prepare.methods; a held-out method is used for the "
+            "test split only, never for train / val"
         )
     if cfg.image_size < 8:
         raise UserError(f"prepare.image_size: {cfg.image_size} is too small (>= 8)")
+    if cfg.test_max_side is not None and cfg.test_max_side < 8:
+        raise UserError(f"prepare.test_max_side: {cfg.test_max_side} is too small (>= 8, or null: no cap)")
     if not (cfg.val_fraction >= 0 and cfg.test_fraction >= 0 and cfg.val_fraction + cfg.test_fraction < 1):
         raise UserError("prepare.val_fraction + test_fraction must be in [0, 1)")
     if not 0 < cfg.fg_ratio_min < cfg.fg_ratio_max < 1:
@@ -261,6 +295,8 @@ def prepare_dataset(cfg: PrepareConfig, storage_cfg: StorageConfig, progress: bo
         "seed": cfg.seed,
         "fg_ratio": (cfg.fg_ratio_min, cfg.fg_ratio_max),
         "methods": list(cfg.methods),
+        "holdout_methods": list(cfg.holdout_methods),
+        "test_max_side": cfg.test_max_side,
         "fg_mse": (cfg.fg_mse_min, cfg.fg_mse_max),
     }
     base_entries = [e for e in entries if e.kind != "iharmony4"]
@@ -330,6 +366,7 @@ def prepare_dataset(cfg: PrepareConfig, storage_cfg: StorageConfig, progress: bo
         name=cfg.name,
         seed=cfg.seed,
         image_size=cfg.image_size,
+        test_max_side=cfg.test_max_side,
         sources=[lst.description for lst in listings],
         split_rule=(
             "by scene: scenes of a source ordered by sha256(scene_id); sources with >= 20 scenes: "
@@ -342,6 +379,7 @@ def prepare_dataset(cfg: PrepareConfig, storage_cfg: StorageConfig, progress: bo
             if k
             in (
                 "methods",
+                "holdout_methods",
                 "fg_mse_min",
                 "fg_mse_max",
                 "fg_ratio_min",

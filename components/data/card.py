@@ -12,6 +12,8 @@ from collections import Counter, defaultdict
 import numpy as np
 
 FG_BINS = (0.0, 0.05, 0.15, 0.3, 0.5, 1.0)  # evaluation uses 0-5 / 5-15 / 15-100 %
+MSE_BINS = (0.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, float("inf"))  # fg MSE, 0..255 scale
+STRENGTH_BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 def row_digest(row: dict) -> str:
@@ -32,6 +34,9 @@ class CardBuilder:
         self.methods: dict[str, Counter] = defaultdict(Counter)
         self.fg_ratio: dict[str, list[float]] = defaultdict(list)
         self.fg_mse: dict[str, list[float]] = defaultdict(list)
+        self.strength: dict[str, list[float]] = defaultdict(list)
+        self.heights: dict[str, list[int]] = defaultdict(list)
+        self.widths: dict[str, list[int]] = defaultdict(list)
         self.scenes: dict[str, set[str]] = defaultdict(set)
         self.digests: list[tuple[str, str]] = []
 
@@ -42,6 +47,10 @@ class CardBuilder:
         self.methods[split][row["method"]] += 1
         self.fg_ratio[split].append(row["fg_ratio"])
         self.fg_mse[split].append(row["fg_mse"])
+        if row.get("strength") is not None:  # synthesized composites only
+            self.strength[split].append(row["strength"])
+        self.heights[split].append(row["height"])
+        self.widths[split].append(row["width"])
         self.scenes[split].add(row["scene_id"])
         self.digests.append((row["sample_id"], row_digest(row)))
 
@@ -53,13 +62,24 @@ class CardBuilder:
 
     def build(self, **extra) -> dict:
         splits = sorted(self.splits, key=("train", "val", "test").index)
-        hist = {}
+        hist, mse_hist, strength = {}, {}, {}
         for s in splits:
             counts, _ = np.histogram(self.fg_ratio[s], bins=FG_BINS)
             hist[s] = {
                 f"{int(a * 100)}-{int(b * 100)}%": int(c)
                 for a, b, c in zip(FG_BINS[:-1], FG_BINS[1:], counts, strict=True)
             }
+            counts, _ = np.histogram(self.fg_mse[s], bins=MSE_BINS)
+            mse_hist[s] = {
+                f"{a:g}-{b:g}" if np.isfinite(b) else f">={a:g}": int(c)
+                for a, b, c in zip(MSE_BINS[:-1], MSE_BINS[1:], counts, strict=True)
+            }
+            if self.strength[s]:
+                counts, _ = np.histogram(self.strength[s], bins=STRENGTH_BINS)
+                strength[s] = {
+                    f"{a:g}-{b:g}": int(c)
+                    for a, b, c in zip(STRENGTH_BINS[:-1], STRENGTH_BINS[1:], counts, strict=True)
+                }
         card = {
             "format": "harmonize-dataset-card/1",
             **extra,
@@ -70,6 +90,16 @@ class CardBuilder:
             "methods": {s: dict(sorted(self.methods[s].items())) for s in splits},
             "fg_ratio_histogram": hist,
             "fg_mse_mean": {s: round(float(np.mean(self.fg_mse[s])), 3) for s in splits},
+            "fg_mse_histogram": mse_hist,
+            "strength_histogram": strength,  # synthesized composites (blend strength t)
+            # (height, width) ranges: train / val are image_size square, test keeps native sizes
+            "sizes": {
+                s: {
+                    "height": [int(min(self.heights[s])), int(max(self.heights[s]))],
+                    "width": [int(min(self.widths[s])), int(max(self.widths[s]))],
+                }
+                for s in splits
+            },
             "content_hash": self.content_hash(),
         }
         return card

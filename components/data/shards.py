@@ -41,6 +41,7 @@ SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("fg_ratio", pa.float32()),
         ("fg_mse", pa.float32()),
+        ("strength", pa.float32()),  # synthesis blend strength in (0, 1]; null for given composites
     ]
 )
 IMAGE_COLUMNS = ("composite", "mask", "real")

@@ -1,9 +1,11 @@
-"""Batched evaluation of a generator on a test set, the way the field reports it (RAINNET.md section 5).
+"""Evaluation of a model on a test set, scored the way users get it and, apart, the way papers report it.
 
 Two sources of test images: the ``prepare`` test shards, or any folder in the iHarmony4 layout (local or
-``s3://``). Every image is brought to the evaluation size (the model's training size unless told
-otherwise; composite and real bilinear with antialiasing, mask nearest), harmonized by the network at that
-size, and scored with ``components.metrics`` against the real image, next to the unharmonized composite.
+``s3://``). Each image is harmonized by the ``Predictor`` at its native resolution (what ``harmonize``
+and the MLflow model return) and scored with ``components.metrics`` against the real image, next to
+the unharmonized composite. The paper's protocol (RAINNET.md section 5: the network alone, composite
+and real brought to the network's size) is scored on the same images as separate columns
+(``paper_*``) and tables; the two are never mixed in one number.
 """
 
 from __future__ import annotations
@@ -12,23 +14,24 @@ import csv
 import hashlib
 import io
 import logging
-import posixpath
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from components import metrics, storage
-from components.data.sources import iharmony4_subsets
-from components.harmonizer import InputError, decode_image, resize_mask, resize_rgb
+from components.data import iharmony4, images
+from components.data.images import InputError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+IMAGE_EXTS = iharmony4.IMAGE_EXTS
 PER_IMAGE_COLUMNS = (
-    "path", "subset", "fg_ratio", "mse", "psnr", "fmse", "fpsnr",
+    "path", "subset", "method", "width", "height", "fg_ratio", "mse", "psnr", "fmse", "fpsnr",
     "composite_mse", "composite_psnr", "composite_fmse", "composite_fpsnr",
+    "paper_mse", "paper_psnr", "paper_fmse", "paper_fpsnr",
+    "paper_composite_mse", "paper_composite_psnr", "paper_composite_fmse", "paper_composite_fpsnr",
 )  # fmt: skip
 
 
@@ -41,71 +44,30 @@ class Sample:
     composite: str | bytes
     mask: str | bytes
     real: str | bytes
+    method: str = ""  # how the composite was made, when known
 
 
 # --------------------------------------------------------------------------------------------------
-# iHarmony4 layout
+# Test sets
 # --------------------------------------------------------------------------------------------------
-
-
-def mask_and_real_names(composite_name: str) -> tuple[str, str]:
-    """``<id>_<mask>_<k>.jpg`` -> (``<id>_<mask>.png``, ``<id>.jpg``), the iHarmony4 naming rule."""
-    stem = composite_name.rsplit(".", 1)[0]
-    parts = stem.rsplit("_", 2)
-    if len(parts) != 3:
-        raise InputError(f"{composite_name}: not an iHarmony4 composite name (<id>_<mask>_<k>.jpg)")
-    image_id, mask_no, _ = parts
-    return f"{image_id}_{mask_no}.png", f"{image_id}.jpg"
 
 
 def iharmony4_samples(root: str, split: str = "test", s3=None) -> list[Sample]:
-    """All samples of a split under ``root``: one subset folder, or a folder of subset folders.
-
-    A subset folder holds ``composite_images/``, ``masks/``, ``real_images/`` and ``<subset>_<split>.txt``
-    (one composite file name per line); without that list every composite is used, with a warning.
-    """
+    """All samples of a split under ``root``: one subset folder, or a folder of subset folders."""
     root = str(root).rstrip("/")
     if not storage.is_dir(root, s3):
         raise InputError(f"{root}: evaluation data folder not found")
-    subsets = iharmony4_subsets(root, s3)
-    if not subsets:
+    found = iharmony4.subsets(root, s3)
+    if not found:
         raise InputError(f"{root}: no iHarmony4 subset (a folder with composite_images/) found")
     samples: list[Sample] = []
-    for subset, sdir in subsets:
-        names = _split_list(sdir, subset, split, root, s3)
-        for name in names:
-            mask_name, real_name = mask_and_real_names(name)
-            samples.append(
-                Sample(
-                    path=f"{subset}/composite_images/{name}",
-                    subset=subset,
-                    composite=storage.join(sdir, "composite_images", name),
-                    mask=storage.join(sdir, "masks", mask_name),
-                    real=storage.join(sdir, "real_images", real_name),
-                )
-            )
+    for subset, sdir in found:
+        for name in iharmony4.composite_names(sdir, subset, split, root, s3):
+            comp, mask, real = iharmony4.triplet_uris(sdir, name)
+            samples.append(Sample(f"{subset}/{iharmony4.COMPOSITES}/{name}", subset, comp, mask, real))
     if not samples:
         raise InputError(f"{root}: the {split} split is empty")
     return samples
-
-
-def _split_list(sdir: str, subset: str, split: str, root: str, s3) -> list[str]:
-    for candidate in (
-        storage.join(sdir, f"{subset}_{split}.txt"),
-        storage.join(root, f"{subset}_{split}.txt"),
-    ):
-        if storage.exists(candidate, s3):
-            text = storage.read_bytes(candidate, s3).decode()
-            # Lines are file names, sometimes with a <subset>/composite_images/ prefix.
-            return [ln.strip().rsplit("/", 1)[-1] for ln in text.splitlines() if ln.strip()]
-    log.warning("%s: no %s_%s.txt; evaluating every composite in the folder", sdir, subset, split)
-    files = storage.list_files(storage.join(sdir, "composite_images"), s3=s3)
-    return [posixpath.basename(f) for f in files if f.lower().endswith(IMAGE_EXTS)]
-
-
-# --------------------------------------------------------------------------------------------------
-# Prepare test shards
-# --------------------------------------------------------------------------------------------------
 
 
 def shard_samples(root: str, dataset: str, split: str = "test", s3=None) -> list[Sample]:
@@ -118,14 +80,18 @@ def shard_samples(root: str, dataset: str, split: str = "test", s3=None) -> list
     if not uris:
         raise InputError(f"{storage.join(root, 'datasets', dataset)}: no {split} shards (run prepare first)")
     samples = []
-    cols = ["sample_id", "subset", "composite", "mask", "real"]
     for uri in uris:
         fs, path = storage.filesystem(uri, s3)
+        names = pq.read_schema(path, filesystem=fs).names
+        cols = ["sample_id", "subset", "composite", "mask", "real"] + (["method"] if "method" in names else [])
         table = pq.read_table(path, filesystem=fs, columns=cols)
         for row in table.to_pylist():
             samples.append(
-                Sample(row["sample_id"], row["subset"], row["composite"], row["mask"], row["real"])
-            )
+                Sample(
+                    row["sample_id"], row["subset"], row["composite"], row["mask"], row["real"],
+                    row.get("method") or "",
+                )
+            )  # fmt: skip
     return samples
 
 
@@ -134,88 +100,106 @@ def shard_samples(root: str, dataset: str, split: str = "test", s3=None) -> list
 # --------------------------------------------------------------------------------------------------
 
 
-def load_sample(sample: Sample, size: int, s3=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(composite, mask 0/255, real) as uint8 at ``size`` x ``size``; errors name the file."""
+def load_sample(sample: Sample, s3=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(composite uint8 (H, W, 3), mask alpha uint8 (H, W), real) at native resolution; errors name the file."""
 
-    def read(src: str | bytes, mode: str) -> np.ndarray:
-        if isinstance(src, bytes):
-            return decode_image(src, sample.path, mode)
-        try:
-            data = storage.read_bytes(src, s3)
-        except OSError as exc:
-            raise InputError(f"{src}: cannot read file ({exc})") from None
-        return decode_image(data, src, mode)
+    def read(src: str | bytes) -> tuple[bytes, str]:
+        return (src, sample.path) if isinstance(src, bytes) else (images._read(src, s3), src)
 
-    comp, mask, real = read(sample.composite, "RGB"), read(sample.mask, "L"), read(sample.real, "RGB")
+    comp = images.decode_image(*read(sample.composite))
+    mask = images.decode_mask(*read(sample.mask), soft=True)
+    real = images.decode_image(*read(sample.real))
     if comp.shape != real.shape or mask.shape != comp.shape[:2]:
         raise InputError(
             f"{sample.path}: composite {comp.shape[:2]}, mask {mask.shape} and real {real.shape[:2]} "
             "differ in size"
         )
-    return resize_rgb(comp, size), resize_mask(mask, size), resize_rgb(real, size)
+    return comp, mask, real
 
 
-def iter_batches(
-    samples: list[Sample], size: int, batch_size: int, s3=None, threads: int = 4
-) -> Iterator[tuple[list[Sample], np.ndarray, np.ndarray, np.ndarray]]:
-    """Batches of (samples, composites, masks, reals); files are read by a thread pool ahead of use."""
+def iter_loaded(samples: list[Sample], s3=None, threads: int = 4) -> Iterator[tuple[Sample, tuple]]:
+    """(sample, (composite, mask, real)) in order; files are read by a thread pool ahead of use."""
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        loaded = pool.map(lambda s: load_sample(s, size, s3), samples)
-        batch: list = []
-        for sample, item in zip(samples, loaded, strict=True):
-            batch.append((sample, item))
-            if len(batch) == batch_size:
-                yield _stack(batch)
-                batch = []
-        if batch:
-            yield _stack(batch)
+        yield from zip(samples, pool.map(lambda s: load_sample(s, s3), samples), strict=True)
 
 
-def _stack(batch):
-    samples = [s for s, _ in batch]
-    comps, masks, reals = (np.stack([item[i] for _, item in batch]) for i in range(3))
-    return samples, comps, masks, reals
+def _scores(pred: np.ndarray, real: np.ndarray, mask: np.ndarray, prefix: str = "") -> dict:
+    m = metrics.image_metrics(pred, real, mask)
+    return {f"{prefix}{k}": float(m[k]) for k in metrics.METRICS} | {
+        f"{prefix}fg_ratio": float(m["fg_ratio"]), f"{prefix}empty_fg": bool(m["empty_fg"]),
+    }  # fmt: skip
 
 
-def evaluate(
-    low_res: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    samples: list[Sample],
-    size: int,
-    batch_size: int = 16,
-    s3=None,
-    progress: bool = True,
-) -> list[dict]:
-    """Per-image rows: the model's metrics and the composite's (``composite_*``), plus path/subset/fg_ratio."""
+def score_sample(predictor, sample: Sample, loaded: tuple) -> dict:
+    """One per-image row: native-resolution metrics of the model and the composite, and ``paper_*``."""
+    comp, mask, real = loaded
+    native, paper = predictor.predict_with_protocol(comp, mask, name=sample.path)
+    s = predictor.image_size
+    low_real, low_mask = images.resize_image(real, s), images.resize_mask(mask, s)
+    low_comp = images.resize_image(comp, s)
+    row = {"path": sample.path, "subset": sample.subset, "method": sample.method}
+    row |= {"width": comp.shape[1], "height": comp.shape[0]}
+    row |= _scores(native, real, mask)
+    row |= {f"composite_{k}": v for k, v in _scores(comp, real, mask).items() if k in metrics.METRICS}
+    row |= {k: v for k, v in _scores(paper, low_real, low_mask, "paper_").items() if not k.endswith("empty_fg")}
+    comp_low = _scores(low_comp, low_real, low_mask)
+    row |= {f"paper_composite_{k}": comp_low[k] for k in metrics.METRICS}
+    return row
+
+
+def evaluate(predictor, samples: list[Sample], s3=None, progress: bool = True) -> list[dict]:
+    """Per-image rows (``score_sample``) for every sample, through the predictor users get."""
     from tqdm import tqdm
 
-    rows: list[dict] = []
-    bar = tqdm(total=len(samples), desc="evaluate", unit="img", disable=not progress)
-    for batch_samples, comps, masks, reals in iter_batches(samples, size, batch_size, s3):
-        preds = low_res(comps, masks)
-        model_m = metrics.batch_metrics(preds, reals, masks)
-        comp_m = metrics.batch_metrics(comps, reals, masks)
-        for i, s in enumerate(batch_samples):
-            row = {"path": s.path, "subset": s.subset, "fg_ratio": float(model_m["fg_ratio"][i])}
-            row.update({k: float(model_m[k][i]) for k in metrics.METRICS})
-            row.update({f"composite_{k}": float(comp_m[k][i]) for k in metrics.METRICS})
-            row["empty_fg"] = bool(model_m["empty_fg"][i])
-            rows.append(row)
-        bar.update(len(batch_samples))
-    bar.close()
+    rows = []
+    for sample, loaded in tqdm(iter_loaded(samples, s3), total=len(samples), desc="evaluate", unit="img",
+                               disable=not progress):  # fmt: skip
+        rows.append(score_sample(predictor, sample, loaded))
     return rows
 
 
+def _as(rows: list[dict], src: str, composite_src: str) -> list[dict]:
+    """Rows with ``src`` metrics as the prediction, binned by ``composite_src``'s fMSE."""
+    out = []
+    for r in rows:
+        row = {"subset": r["subset"], "fg_ratio": r["fg_ratio"], "empty_fg": r.get("empty_fg", False)}
+        row |= {k: r[f"{src}{k}"] for k in metrics.METRICS}
+        row["composite_fmse"] = r[f"{composite_src}fmse"]
+        out.append(row)
+    return out
+
+
 def summaries(rows: list[dict]) -> dict[str, dict]:
-    """``{"composite": summarize(...), "harmonized": summarize(...)}``; the composite first, always."""
-    comp_rows = [
-        {**r, **{k: r[f"composite_{k}"] for k in metrics.METRICS}} for r in rows
-    ]  # the composite scored as if it were the prediction
-    return {"composite": metrics.summarize(comp_rows), "harmonized": metrics.summarize(rows)}
+    """``{"composite", "harmonized"}`` at native resolution, and ``"paper"``: the same pair at the
+    network's size. The composite comes first, always."""
+    return {
+        "composite": metrics.summarize(_as(rows, "composite_", "composite_")),
+        "harmonized": metrics.summarize(_as(rows, "", "composite_")),
+        "paper": {
+            "composite": metrics.summarize(_as(rows, "paper_composite_", "paper_composite_")),
+            "harmonized": metrics.summarize(_as(rows, "paper_", "paper_composite_")),
+        },
+    }
 
 
-def test_set_id(samples: list[Sample], size: int, extra: str = "") -> str:
-    """A short hash of what was evaluated (image paths, size, dataset hash): equal ids, comparable metrics."""
-    h = hashlib.sha256(f"size={size}\n{extra}\n".encode())
+def by_method(rows: list[dict]) -> dict[str, dict]:
+    """fMSE of the model and the composite per synthesis method (native resolution), when known."""
+    out: dict[str, dict] = {}
+    for method in sorted({r.get("method") or "" for r in rows} - {""}):
+        group = [r for r in rows if r.get("method") == method]
+        out[method] = {
+            "n": len(group),
+            "fmse": float(np.mean([r["fmse"] for r in group])),
+            "composite_fmse": float(np.mean([r["composite_fmse"] for r in group])),
+        }
+    return out
+
+
+def test_set_id(samples: list[Sample], extra: str = "") -> str:
+    """A short hash of what was evaluated (image paths, dataset hash): equal ids, comparable metrics.
+
+    Scores are at native resolution, so the network's size is not part of the test set."""
+    h = hashlib.sha256(f"native\n{extra}\n".encode())
     for s in sorted(samples, key=lambda s: s.path):
         h.update(f"{s.subset}\t{s.path}\n".encode())
     return h.hexdigest()[:16]
@@ -235,18 +219,41 @@ def per_image_csv(rows: list[dict]) -> bytes:
     return buf.getvalue().encode()
 
 
-def summary_markdown(tables: dict[str, dict], model_label: str = "harmonized") -> str:
-    """Markdown tables (overall, per subset, per fg ratio), the unharmonized composite as the first row."""
+def summary_markdown(
+    tables: dict[str, dict], model_label: str = "harmonized", methods: dict | None = None, size: int = 0
+) -> str:
+    """Markdown tables (overall, per subset, by foreground ratio, by the composite's own error), the
+    unharmonized composite as the first row; then the paper's protocol, apart."""
+    lines = ["### Native resolution, through the predictor (what users get)", ""]
+    lines += _tables(tables, model_label)
+    if methods:
+        lines += ["#### by synthesis method (fMSE)", "", "| method | n | composite | model | ratio |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for name, g in methods.items():
+            ratio = g["fmse"] / g["composite_fmse"] if g["composite_fmse"] else float("nan")
+            lines.append(
+                f"| {name} | {g['n']} | {_fmt(g['composite_fmse'])} | {_fmt(g['fmse'])} | {ratio:.2f} |"
+            )
+        lines.append("")
+    if "paper" in tables:
+        lines += [f"### Paper protocol (the network alone at {size}x{size} in and out)", ""]
+        lines += _tables(tables["paper"], model_label, overall_only=True)
+    return "\n".join(lines)
+
+
+def _tables(tables: dict, model_label: str, overall_only: bool = False) -> list[str]:
     lines = []
     order = [("composite (no harmonization)", tables["composite"]), (model_label, tables["harmonized"])]
     sections = [("overall", lambda s: {"all": s["overall"]})]
-    sections += [
-        ("per subset", lambda s: s["by_subset"]),
-        ("by foreground ratio (%)", lambda s: s["by_fg_ratio"]),
-    ]
+    if not overall_only:
+        sections += [
+            ("per subset", lambda s: s["by_subset"]),
+            ("by foreground ratio (%)", lambda s: s["by_fg_ratio"]),
+            ("by the composite's own fMSE", lambda s: s.get("by_composite_error", {})),
+        ]
     for title, pick in sections:
         lines += [
-            f"### {title}",
+            f"#### {title}",
             "",
             "| method | group | n | MSE | PSNR | fMSE | fPSNR |",
             "|---|---|---|---|---|---|---|",
@@ -256,7 +263,7 @@ def summary_markdown(tables: dict[str, dict], model_label: str = "harmonized") -
                 vals = [_fmt(g[k]) for k in metrics.METRICS]
                 lines.append(f"| {label} | {group} | {g['n']} | " + " | ".join(vals) + " |")
         lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def _fmt(v) -> str:

@@ -31,6 +31,10 @@ from typing import Any
 
 import numpy as np
 
+# The [-1, 1] <-> uint8 conversions live in the image module; they are part of the metric contract,
+# so they are re-exported here.
+from components.data.images import from_uint8, images_to_uint8, to_uint8  # noqa: F401
+
 PEAK = 255.0
 PSNR_CAP = 100.0
 METRICS = ("mse", "psnr", "fmse", "fpsnr")
@@ -39,6 +43,13 @@ FG_BINS: tuple[tuple[str, float, float], ...] = (
     ("0-5", 0.0, 0.05),
     ("5-15", 0.05, 0.15),
     ("15-100", 0.15, 1.0),
+)
+# Bins of the unharmonized composite's own fMSE (0..255 scale): how far off the input already was. A
+# harmonizer users can trust leaves a nearly harmonious composite (the first bin) nearly alone.
+COMPOSITE_ERROR_BINS: tuple[tuple[str, float, float], ...] = (
+    ("0-300", 0.0, 300.0),
+    ("300-1000", 300.0, 1000.0),
+    ("1000+", 1000.0, math.inf),
 )
 
 
@@ -49,42 +60,6 @@ def _is_torch(x: Any) -> bool:
 # --------------------------------------------------------------------------------------------------
 # Conversions
 # --------------------------------------------------------------------------------------------------
-
-
-def to_uint8(x):
-    """Network range [-1, 1] -> uint8 0..255 by rounding (half to even), clipped; same shape and kind.
-
-    A torch tensor gives a torch uint8 tensor on the same device, anything else a numpy array.
-    """
-    if _is_torch(x):
-        import torch
-
-        y = (x.detach().to(torch.float64) + 1.0) * 127.5
-        if not bool(torch.isfinite(y).all()):
-            raise ValueError("to_uint8: input has non-finite values (NaN or inf)")
-        return torch.round(y).clamp_(0, 255).to(torch.uint8)
-    y = (np.asarray(x, dtype=np.float64) + 1.0) * 127.5
-    if not np.isfinite(y).all():
-        raise ValueError("to_uint8: input has non-finite values (NaN or inf)")
-    return np.clip(np.rint(y), 0, 255).astype(np.uint8)
-
-
-def from_uint8(x):
-    """uint8 0..255 -> float32 in [-1, 1] (``x / 127.5 - 1``), the exact inverse of ``to_uint8`` on levels."""
-    if _is_torch(x):
-        import torch
-
-        return x.to(torch.float32) / 127.5 - 1.0
-    return (np.asarray(x).astype(np.float32) / np.float32(127.5) - np.float32(1.0)).astype(np.float32)
-
-
-def images_to_uint8(x) -> np.ndarray:
-    """Network batch (B, 3, H, W) in [-1, 1] (tensor or array) -> numpy uint8 (B, H, W, 3), ready for metrics."""
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"images_to_uint8: expected (B, 3, H, W), got shape {tuple(x.shape)}")
-    y = to_uint8(x)
-    y = y.cpu().numpy() if _is_torch(y) else y
-    return np.ascontiguousarray(y.transpose(0, 2, 3, 1))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -198,6 +173,15 @@ def fg_bin(fg_ratio: float) -> str:
     return FG_BINS[-1][0]
 
 
+def composite_error_bin(composite_fmse: float) -> str:
+    """The composite's fMSE -> bin label of ``COMPOSITE_ERROR_BINS`` (``[lo, hi)``)."""
+    v = float(composite_fmse)
+    for label, lo, hi in COMPOSITE_ERROR_BINS:
+        if lo <= v < hi:
+            return label
+    raise ValueError(f"composite fMSE must be a finite number >= 0, got {composite_fmse!r}")
+
+
 def _group(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"n": len(rows)}
     for key in METRICS:
@@ -210,7 +194,9 @@ def summarize(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Per-image rows (``subset``, ``fg_ratio``, ``mse``, ``psnr``, ``fmse``, ``fpsnr``) -> summary tables.
 
     ``{"overall": {"n", "mse", "psnr", "fmse", "fpsnr", "n_empty_fg"}, "by_subset": {name: {...}},
-    "by_fg_ratio": {"0-5": {...}, "5-15": {...}, "15-100": {...}}}``. Every mean is a plain mean over the
+    "by_fg_ratio": {"0-5": {...}, "5-15": {...}, "15-100": {...}}}``, plus ``"by_composite_error"``
+    (bins ``0-300``, ``300-1000``, ``1000+`` of the unharmonized composite's fMSE) when the rows carry
+    ``composite_fmse``, so the model and the composite are binned by the same images. Every mean is a plain mean over the
     images of the group (so ``overall`` is image-weighted, not a mean of subset means). Every bin is
     present; an empty group has ``n = 0`` and ``None`` metrics. Subsets are sorted by name.
     """
@@ -220,14 +206,21 @@ def summarize(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         raise ValueError(f"summarize: rows lack column(s) {missing}")
     by_subset: dict[str, list] = {}
     by_bin: dict[str, list] = {label: [] for label, _, _ in FG_BINS}
+    by_error: dict[str, list] = {label: [] for label, _, _ in COMPOSITE_ERROR_BINS}
+    with_error = bool(rows) and all("composite_fmse" in r for r in rows)
     for r in rows:
         by_subset.setdefault(str(r["subset"]), []).append(r)
         by_bin[fg_bin(r["fg_ratio"])].append(r)
-    return {
+        if with_error:
+            by_error[composite_error_bin(r["composite_fmse"])].append(r)
+    out = {
         "overall": _group(rows),
         "by_subset": {s: _group(by_subset[s]) for s in sorted(by_subset)},
         "by_fg_ratio": {label: _group(v) for label, v in by_bin.items()},
     }
+    if with_error:
+        out["by_composite_error"] = {label: _group(v) for label, v in by_error.items()}
+    return out
 
 
 _BAD_NAME = re.compile(r"[^\w.\-/]+")
@@ -262,4 +255,6 @@ def flatten_summary(
             add(group, f".{metric_name(name)}")
         for label, group in summary.get("by_fg_ratio", {}).items():
             add(group, f".fg_{label}")
+        for label, group in summary.get("by_composite_error", {}).items():
+            add(group, f".err_{label.replace('+', '-inf')}")
     return out

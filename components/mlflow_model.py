@@ -14,17 +14,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from components.checkpoint import MLFLOW_ARTIFACT
 
 ARTIFACT_KEY = "generator"
 MODEL_NAME = "model"  # artifact path / logged-model name inside the training run
-
-
-def _to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> uint8 by rounding (never truncating), clipped: the contract's ``to_uint8``."""
-    return torch.round((x.float() + 1.0) * 127.5).clamp(0, 255).to(torch.uint8)
 
 
 def _check_inputs(composite: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -44,47 +38,20 @@ def _check_inputs(composite: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, 
     return composite, mask
 
 
-@torch.no_grad()
-def harmonize_arrays(
-    model: torch.nn.Module,
-    composite: np.ndarray,
-    mask: np.ndarray,
-    batch_size: int = 8,
-    device: str | torch.device = "cpu",
-) -> np.ndarray:
-    """Run a generator on uint8 arrays at their own size (reflect-padded to the size multiple it needs)."""
-    composite, mask = _check_inputs(composite, mask)
-    mult = int(getattr(model, "image_size_multiple", 1) or 1)
-    n, h, w, _ = composite.shape
-    ph, pw = (-h) % mult, (-w) % mult
-    model.eval()
-    out = np.empty_like(composite, dtype=np.uint8)
-    for start in range(0, n, batch_size):
-        comp = torch.from_numpy(np.ascontiguousarray(composite[start : start + batch_size]))
-        comp = comp.to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        m = torch.from_numpy(np.ascontiguousarray(mask[start : start + batch_size])).to(device)
-        m = (m > 127).float()[:, None]
-        if ph or pw:
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            comp = F.pad(comp, (0, pw, 0, ph), mode=mode)
-            m = F.pad(m, (0, pw, 0, ph), value=0.0)
-        pred = model(comp, m)[..., :h, :w]
-        out[start : start + batch_size] = _to_uint8(pred).permute(0, 2, 3, 1).cpu().numpy()
-    return out
-
-
 class GeneratorModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper: loads the generator file from the model's artifacts, harmonizes uint8 arrays."""
 
     def load_context(self, context):
-        from components.checkpoint import load_generator
+        from components.predictor import Predictor
 
-        self.model, self.info = load_generator(context.artifacts[ARTIFACT_KEY])
+        self.predictor = Predictor.from_uri(context.artifacts[ARTIFACT_KEY])
 
     def predict(self, context, model_input, params=None):
+        """The same ``Predictor`` as ``harmonize`` and ``evaluate``: each image at its native size."""
         if not isinstance(model_input, dict) or not {"composite", "mask"} <= set(model_input):
             raise ValueError('expected {"composite": uint8 (N, H, W, 3), "mask": uint8 (N, H, W)}')
-        return harmonize_arrays(self.model, model_input["composite"], model_input["mask"])
+        composite, mask = _check_inputs(model_input["composite"], model_input["mask"])
+        return np.stack(self.predictor.predict_batch(list(composite), list(mask)))
 
 
 def signature():

@@ -1,5 +1,10 @@
 """Stage ``evaluate``: score a generator on a test set; per-image CSV, summary tables, MLflow, DVC metrics.
 
+Every image is harmonized at its native resolution by the same ``Predictor`` that ``harmonize`` and the
+MLflow model use, and scored against the real image next to the unharmonized composite; the paper's
+protocol (the network alone at its size) is reported apart (``paper`` in the summary, ``paper_*``
+metrics).
+
     python -m pipeline.evaluate                                   # models/generator.pt on the prepare test shards
     python -m pipeline.evaluate -S evaluate.model=models:/rainnet@champion -S evaluate.data=s3://bucket/iHarmony4
 
@@ -19,7 +24,8 @@ from pathlib import Path
 
 from components import evaluation, metrics, storage, tracking
 from components.cli import UserError, base_parser, params_from_args, run_cli
-from components.harmonizer import InputError, network_fn, pick_device
+from components.data.images import InputError
+from components.predictor import Predictor
 
 log = logging.getLogger("evaluate")
 
@@ -44,8 +50,9 @@ def model_run_id(uri: str, info: dict) -> str | None:
 
 
 def model_label(spec: dict) -> str:
-    """``rainnet-rain-decoder`` / ``dih``: the model part of a run name."""
-    return "-".join(str(p) for p in (spec.get("name", "model"), spec.get("placement")) if p)
+    """``rainnet-rain-decoder`` / ``dih`` / ``rainnet-rain-decoder-pct``: the model part of a run name."""
+    head = spec.get("head") if spec.get("head") not in (None, "image") else None
+    return "-".join(str(p) for p in (spec.get("name", "model"), spec.get("placement"), head) if p)
 
 
 def dataset_card_hash(params) -> str | None:
@@ -72,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mult = int(getattr(model, "image_size_multiple", 1) or 1)
     if size % mult:
         raise UserError(f"evaluate.image_size={size} must be a multiple of {mult} for this generator")
+    predictor = Predictor(model, size, mapping=params.harmonize.mapping, device=cfg.device, info=info)
 
     dataset_hash = None
     try:
@@ -84,23 +92,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             data_name, dataset_hash = dataset, dataset_card_hash(params)
     except InputError as exc:
         raise UserError(str(exc)) from None
-    test_set = evaluation.test_set_id(samples, size, extra=dataset_hash or "")
-    device = pick_device(cfg.device)
+    test_set = evaluation.test_set_id(samples, extra=dataset_hash or "")
     log.info(
-        "evaluating %s on %d images of %s at %dx%d on %s",
-        cfg.model,
-        len(samples),
-        data_name,
-        size,
-        size,
-        device,
-    )
+        "evaluating %s on %d images of %s at native resolution (network %dx%d, head %s) on %s",
+        cfg.model, len(samples), data_name, size, size, predictor.head, predictor.device,
+    )  # fmt: skip
 
     try:
-        rows = evaluation.evaluate(network_fn(model, device), samples, size, cfg.batch_size, s3)
+        rows = evaluation.evaluate(predictor, samples, s3)
     except InputError as exc:
         raise UserError(str(exc)) from None
     tables = evaluation.summaries(rows)
+    methods = evaluation.by_method(rows)
 
     spec = dict(info["spec"])
     meta = dict(info.get("meta") or {})
@@ -108,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = cfg.run_name or "eval-" + tracking.run_name(spec, data_name)
     flat = metrics.flatten_summary(tables["harmonized"], "test")
     flat.update(metrics.flatten_summary(tables["composite"], "composite", groups=False))
+    flat.update(metrics.flatten_summary(tables["paper"]["harmonized"], "paper", groups=False))
+    flat.update(metrics.flatten_summary(tables["paper"]["composite"], "paper_composite", groups=False))
     tags = tracking.standard_tags(
         params, meta.get("dataset_hash") or dataset_hash,
         model_uri=cfg.model, model_run_id=train_run or "unknown", test_set=test_set, eval_data=cfg.data or f"shards:{data_name}",
@@ -120,8 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         tracking.log_params_flat({"evaluate": _asdict(cfg), "image_size": size, "n_images": len(rows)})
         mlflow.log_metrics(flat)
         csv_bytes = evaluation.per_image_csv(rows)
-        md = f"## Evaluation of `{cfg.model}` on {data_name} ({len(rows)} images, {size}x{size})\n\n"
-        md += evaluation.summary_markdown(tables, model_label=model_label(spec))
+        md = f"## Evaluation of `{cfg.model}` on {data_name} ({len(rows)} images, network {size}x{size})\n\n"
+        md += evaluation.summary_markdown(tables, model_label(spec), methods, size)
         mlflow.log_text(csv_bytes.decode(), "eval_per_image.csv")
         mlflow.log_text(md, "eval_summary.md")
         eval_run = run.info.run_id
@@ -136,8 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "eval_run_id": eval_run,
         "dataset_hash": meta.get("dataset_hash") or dataset_hash,
         "generator": spec,
+        "resolution": "native",
         "composite": tables["composite"],
         "harmonized": tables["harmonized"],
+        "by_method": methods,
+        "paper": tables["paper"],
     }
     for path, data in (
         (cfg.per_image_out, csv_bytes),

@@ -4,8 +4,9 @@
     harmonize photos/ -o harmonized/          # pairs: <name>.jpg + <name>_mask.png, or images/ + masks/,
                                               # or an iHarmony4 subset (composite_images/ + masks/)
 
-The network runs at its training size; a per-image colour mapping carries its result to full resolution
-(``components.harmonizer``), so the background stays pixel-identical and the foreground sharp.
+The network runs at its training size; its colour transform (``affine`` / ``pct`` heads), or a colour
+mapping fitted to its output (``image`` head), carries the result to full resolution
+(``components.predictor``), so the background stays pixel-identical and the foreground sharp.
 Exit status: 0 all written; 2 bad input or params (one image: nothing written); 1 batch mode skipped
 some pairs (every good pair is still written, each bad one reported on stderr with its reason).
 Outputs are written to a temporary name and renamed, so no half-written image is ever left behind.
@@ -22,8 +23,9 @@ from pathlib import Path
 from components import storage
 from components.cli import UserError, base_parser, run_cli
 from components.config import Params, load_params, params_from_dict
-from components.evaluation import IMAGE_EXTS, mask_and_real_names
-from components.harmonizer import MAPPINGS, Harmonizer, InputError, encode_image
+from components.data.iharmony4 import IMAGE_EXTS, mask_and_real_names
+from components.data.images import InputError, encode_image
+from components.predictor import MAPPINGS, Predictor
 
 log = logging.getLogger("harmonize")
 
@@ -136,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if skipped else 0
 
 
-def _load(cfg) -> Harmonizer:
+def _load(cfg) -> Predictor:
     from components.checkpoint import CheckpointError
 
     if cfg.model.startswith(("runs:/", "models:/")):
@@ -144,7 +146,7 @@ def _load(cfg) -> Harmonizer:
 
         tracking.configure(export_env=False)  # MLFLOW_TRACKING_URI, else the project's mlruns.db
     try:
-        return Harmonizer.from_uri(
+        return Predictor.from_uri(
             cfg.model, device=cfg.device, mapping=cfg.mapping, max_pixels=cfg.max_pixels
         )
     except CheckpointError as exc:

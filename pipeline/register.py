@@ -40,7 +40,7 @@ def champion_value_on(evaluation: dict, champion, metric: str, params) -> float 
         return reg.metric_from_tags(champion.tags, metric)
     from components import evaluation as ev
     from components.checkpoint import load_generator
-    from components.harmonizer import network_fn, pick_device
+    from components.predictor import Predictor
 
     log.info("champion v%s was scored on another test set; re-evaluating it on this one", champion.version)
     s3 = storage.S3Options.from_config(params.storage)
@@ -50,10 +50,10 @@ def champion_value_on(evaluation: dict, champion, metric: str, params) -> float 
     else:
         samples = ev.iharmony4_samples(data, params.evaluate.split, s3)
     model, _ = load_generator(f"models:/{champion.name}/{champion.version}")
-    size = int(evaluation["image_size"])
-    rows = ev.evaluate(
-        network_fn(model, pick_device(params.evaluate.device)), samples, size, params.evaluate.batch_size, s3
+    predictor = Predictor(
+        model, int(evaluation["image_size"]), mapping=params.harmonize.mapping, device=params.evaluate.device
     )
+    rows = ev.evaluate(predictor, samples, s3)
     return ev.summaries(rows)["harmonized"]["overall"][metric]
 
 

@@ -50,7 +50,7 @@ def test_mask_head_switch_and_eval_determinism():
     assert g.mask_decoder is None
     comp, mask = inputs(32)
     out, aux = g(comp, mask, return_aux=True)
-    assert aux == {}
+    assert "mask_logits" not in aux and aux["transform"] is None  # image head: no transform
     assert torch.equal(out, g(comp, mask))
 
 

@@ -19,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from .heads import OutputHead, head_channels, mark_zero_init
 from .rain import RAIN, MaskPyramid
 from .rainnet import apply_norm, check_inputs, paste_back
 from .registry import register
@@ -80,8 +81,10 @@ class DIHGenerator(nn.Module):
         input_nc: int = 4,
         image_size: int = 256,
         mask_head: bool = True,
+        head: str = "image",
     ):
         super().__init__()
+        self.head = OutputHead(head)
         if input_nc not in (3, 4):
             raise ValueError(f"input_nc must be 3 (composite) or 4 (composite + mask), got {input_nc!r}")
         if not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE or image_size & (image_size - 1):
@@ -98,7 +101,9 @@ class DIHGenerator(nn.Module):
             )
             for k in range(1, n + 1)
         )
-        self.decoder = _decoder(width, n, decoder_norm, 3)
+        self.decoder = _decoder(width, n, decoder_norm, head_channels(head))
+        if head != "image":
+            mark_zero_init(self.decoder[0].conv)
         self.mask_decoder = _decoder(width, n, "bn", 1) if mask_head else None
 
     def forward(self, composite: torch.Tensor, mask: torch.Tensor, return_aux: bool = False):
@@ -109,22 +114,27 @@ class DIHGenerator(nn.Module):
         for block in self.encoder:
             x = block(x, pyramid)
             feats.append(x)
-        out = paste_back(torch.tanh(_decode(self.decoder, feats, pyramid)), composite, mask)
+        pred, transform = self.head(_decode(self.decoder, feats, pyramid), composite, mask)
+        out = paste_back(pred, composite, mask)
         if not return_aux:
             return out
-        aux = {}
+        aux = {"pred": pred, "transform": transform}
         if self.mask_decoder is not None:
             aux["mask_logits"] = _decode(self.mask_decoder, feats, pyramid).to(composite.dtype)
         return out, aux
 
 
 @register("dih")
-def dih(ngf: int = 64, input_nc: int = 4, image_size: int = 256, mask_head: bool = True) -> DIHGenerator:
+def dih(
+    ngf: int = 64, input_nc: int = 4, image_size: int = 256, mask_head: bool = True, head: str = "image"
+) -> DIHGenerator:
     """DIH as published: BatchNorm in the encoder and both decoders."""
-    return DIHGenerator("bn", "bn", ngf=ngf, input_nc=input_nc, image_size=image_size, mask_head=mask_head)
+    return DIHGenerator("bn", "bn", ngf, input_nc, image_size, mask_head, head)
 
 
 @register("dih_rain")
-def dih_rain(ngf: int = 64, input_nc: int = 4, image_size: int = 256, mask_head: bool = True) -> DIHGenerator:
+def dih_rain(
+    ngf: int = 64, input_nc: int = 4, image_size: int = 256, mask_head: bool = True, head: str = "image"
+) -> DIHGenerator:
     """DIH + RAIN: InstanceNorm in the encoder, RAIN in the harmonization decoder."""
-    return DIHGenerator("in", "rain", ngf=ngf, input_nc=input_nc, image_size=image_size, mask_head=mask_head)
+    return DIHGenerator("in", "rain", ngf, input_nc, image_size, mask_head, head)

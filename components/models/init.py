@@ -15,10 +15,15 @@ def _weight(module: nn.Module) -> torch.Tensor:
 
 @torch.no_grad()
 def init_weights(module: nn.Module, gain: float = 0.02) -> nn.Module:
-    """Initialize in place and return ``module``. RAIN affine vectors stay at zero (identity start)."""
+    """Initialize in place and return ``module``. RAIN affine vectors stay at zero (identity start), and
+    so do layers flagged ``zero_init`` (a colour-transform head's last layer: the model starts as the
+    identity)."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
-            nn.init.normal_(_weight(m), 0.0, gain)
+            if getattr(m, "zero_init", False):
+                nn.init.zeros_(_weight(m))
+            else:
+                nn.init.normal_(_weight(m), 0.0, gain)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):

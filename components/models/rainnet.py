@@ -30,6 +30,7 @@ import math
 import torch
 from torch import nn
 
+from .heads import OutputHead, head_channels, mark_zero_init
 from .rain import RAIN, MaskPyramid
 from .registry import register
 
@@ -166,7 +167,10 @@ def paste_back(pred: torch.Tensor, composite: torch.Tensor, mask: torch.Tensor) 
 
 @register("rainnet")
 class RainNet(nn.Module):
-    """RainNet U-Net generator. ``forward(composite, mask, return_aux=False)`` -> pasted image (B, 3, H, W)."""
+    """RainNet U-Net generator. ``forward(composite, mask, return_aux=False)`` -> pasted image (B, 3, H, W).
+
+    ``head`` (``image``, ``affine``, ``pct``; ``heads.py``) says what the last layer predicts.
+    """
 
     def __init__(
         self,
@@ -176,8 +180,10 @@ class RainNet(nn.Module):
         image_size: int = 256,
         attention: bool = True,
         dropout: bool = True,
+        head: str = "image",
     ):
         super().__init__()
+        self.head = OutputHead(head)
         if input_nc not in (3, 4):
             raise ValueError(f"input_nc must be 3 (composite) or 4 (composite + mask), got {input_nc!r}")
         if not isinstance(ngf, int) or ngf < 1:
@@ -196,7 +202,9 @@ class RainNet(nn.Module):
             enc_norm = make_norm(self.placement[es - 1], width[k]) if es is not None else None
             enc.append(Down(width[k - 1], width[k], act=k > 1, norm=enc_norm))
             if k == 1:
-                dec.append(Up(2 * width[1], 3, norm=None, dropout=False, bias=True))
+                dec.append(Up(2 * width[1], head_channels(head), norm=None, dropout=False, bias=True))
+                if head != "image":
+                    mark_zero_init(dec[-1].conv)
             else:
                 cin = width[k] if k == n else 2 * width[k]
                 drop = dropout and 5 <= k < n and k >= n - 3  # the 3 wide blocks next to the innermost
@@ -234,8 +242,8 @@ class RainNet(nn.Module):
                 y = torch.cat([skips[k - 2], y], 1)  # block k's output
                 if str(k) in self.attention:
                     y = self.attention[str(k)](y)
-        pred = torch.tanh(y)
+        pred, transform = self.head(y, composite, mask)
         out = paste_back(pred, composite, mask)
         if return_aux:
-            return out, {"pred": pred, "mask_resizes": pyramid.resizes}
+            return out, {"pred": pred, "transform": transform, "mask_resizes": pyramid.resizes}
         return out

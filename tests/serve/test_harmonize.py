@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from components.cli import UserError
-from components.harmonizer import ColourMapping, Harmonizer, resize_rgb
+from components.data.images import batch_to_tensor, resize_image
+from components.predictor import ColourMapping, Predictor
 from pipeline import harmonize as cli
 from tests.serve import helpers
 from tests.serve.conftest import HARMONIZE_PHOTO_INDEX, REPO
@@ -38,22 +40,29 @@ def gradient_energy(img: np.ndarray, fg: np.ndarray) -> float:
     return float((gx**2 + gy**2)[fg[:-1, :-1]].mean())
 
 
-def oracle(real: np.ndarray, size: int):
+class Oracle(torch.nn.Module):
     """A perfect "network" at ``size``: returns the real image there (tests the upsampling method alone)."""
-    low = resize_rgb(real, size)
 
-    def run(comps, masks):
-        return np.where(masks[..., None] > 127, low[None], comps)
+    def __init__(self, real: np.ndarray, size: int):
+        super().__init__()
+        low = resize_image(real, size)
+        self.low = batch_to_tensor(low[None], np.ones((1, size, size), bool))[0]
 
-    return run
+    def forward(self, x, m, return_aux=False):
+        out = self.low * m + x * (1 - m)
+        return (out, {}) if return_aux else out
+
+
+def oracle(real: np.ndarray, size: int) -> Oracle:
+    return Oracle(real, size)
 
 
 @pytest.mark.parametrize("size", [32, 256])
 def test_colour_mapping_keeps_detail_where_upsampling_blurs(lalonde, photo_ids, size):
     comp, mask, real = big_pair(lalonde, photo_ids[10], (768, 1152), seed=3)
     fg = mask > 127
-    mapped = Harmonizer(oracle(real, size), size, mapping="poly2")(comp, mask)
-    upsampled = Harmonizer(oracle(real, size), size, mapping="upsample")(comp, mask)
+    mapped = Predictor(oracle(real, size), size, mapping="poly2")(comp, mask)
+    upsampled = Predictor(oracle(real, size), size, mapping="upsample")(comp, mask)
     for out in (mapped, upsampled):
         assert np.array_equal(out[~fg], comp[~fg])  # background pixel-identical
     f_comp, f_map, f_up = (helpers.fg_mse(x, real, fg) for x in (comp, mapped, upsampled))
@@ -93,7 +102,7 @@ def test_harmonize_cli_on_a_2832x4256_photo(lalonde, photo_ids, generators, tmp_
 
 
 def test_python_api_any_aspect_ratio(generators):
-    h = Harmonizer.from_uri(generators["strong"]["path"])
+    h = Predictor.from_uri(generators["strong"]["path"])
     rng = np.random.default_rng(0)
     comp = rng.integers(0, 256, (37, 91, 3), dtype=np.uint8)
     mask = np.zeros((37, 91), bool)

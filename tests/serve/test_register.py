@@ -51,9 +51,9 @@ def test_champion_loads_by_alias(registry_flow, tmp_path):
     """``models:/<name>@champion`` is a model the harmonizer and evaluate can use."""
     import numpy as np
 
-    from components.harmonizer import Harmonizer
+    from components.predictor import Predictor
 
-    h = Harmonizer.from_uri(f"models:/{registry_flow['name']}@champion")
+    h = Predictor.from_uri(f"models:/{registry_flow['name']}@champion")
     assert h.image_size == 32 and h.info["meta"]["run_id"] == registry_flow["runs"]["strong"]
     comp = np.full((48, 64, 3), 120, np.uint8)
     mask = np.zeros((48, 64), np.uint8)

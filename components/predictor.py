@@ -1,61 +1,34 @@
-"""Full-resolution harmonization: the network runs at its training size, a colour mapping carries it up.
+"""The one ``Predictor``: composite + mask at any size -> harmonized image, for every path that uses a model.
 
-Upsampling the network's low-resolution output blurs the foreground (a 256x256 prediction stretched over
-a 4K object). Instead we fit, per image, a colour transform from the low-resolution composite foreground
-to the network's low-resolution output (least squares, polynomial in RGB), apply that transform to every
-full-resolution foreground pixel, and paste with the full-resolution mask. The foreground keeps all of its
-detail, only its colours change, and background pixels are copied untouched (pixel-identical).
-``benchmarks/bench_harmonize.py`` measures the methods against each other (fMSE and sharpness).
+``evaluate``, ``harmonize`` and the MLflow pyfunc model all call it, so a model scores and serves the same
+way everywhere. The network runs at its training size (the composite brought there with the image
+module's resize, as the training shards were); its result reaches the image's native resolution by
+its head (RAINNET.md section 7):
+
+* a colour-transform head (``affine``, ``pct``): the predicted transform map is upsampled (bilinear, a
+  band of rows at a time to bound memory) and applied to the full-resolution composite;
+* the ``image`` head: a per-image colour mapping (least squares, polynomial in RGB) is fitted from the
+  low-resolution composite foreground to the network's output and applied at full resolution, so the
+  foreground keeps its detail (``harmonize.mapping``; ``upsample`` stretches the output instead).
+
+At the network's own size the network's output is used as it is. Either way the foreground is blended
+in by the mask's alpha and background pixels are copied untouched (byte-identical).
+``paper_protocol`` is the field's protocol instead: the network alone, at its size in and out.
 """
 
 from __future__ import annotations
 
-import io
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from components.data import images
+from components.data.images import InputError
 
 MAPPINGS = ("poly2", "poly3", "affine", "upsample")
-_CHUNK = 1 << 20  # pixels per chunk when applying the mapping (bounds memory at 4K and beyond)
-
-
-class InputError(ValueError):
-    """A composite or mask that cannot be harmonized; the message names the file and the problem."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Reading and checking inputs
-# --------------------------------------------------------------------------------------------------
-
-
-def decode_image(data: bytes, name: str, mode: str, max_pixels: int | None = None) -> np.ndarray:
-    """Encoded bytes -> uint8 array (H, W, 3) for ``RGB`` or (H, W) for ``L``; errors name ``name``."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if max_pixels is not None and w * h > max_pixels:
-                raise InputError(
-                    f"{name}: image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} "
-                    "(harmonize.max_pixels)"
-                )
-            return np.asarray(im.convert(mode))
-    except InputError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(f"{name}: cannot read as an image ({exc.__class__.__name__}: {exc})") from None
-
-
-def read_image(uri: str, mode: str = "RGB", max_pixels: int | None = None, s3=None) -> np.ndarray:
-    """Read a local path or ``s3://`` URI as uint8; any failure is an ``InputError`` naming the file."""
-    from components import storage
-
-    try:
-        data = storage.read_bytes(uri, s3)
-    except (OSError, FileNotFoundError) as exc:
-        raise InputError(f"{uri}: cannot read file ({exc})") from None
-    return decode_image(data, uri, mode, max_pixels)
+_CHUNK = 1 << 20  # pixels per chunk when applying a mapping or transform (bounds memory at 4K and beyond)
 
 
 def check_pair(
@@ -86,24 +59,6 @@ def check_pair(
     if not (mask > 127).any():
         raise InputError(f"{name}: empty mask (no foreground pixel above 127)")
     return composite, mask
-
-
-# --------------------------------------------------------------------------------------------------
-# Resizing (the field's protocol: images bilinear with antialiasing, masks nearest)
-# --------------------------------------------------------------------------------------------------
-
-
-def resize_rgb(img: np.ndarray, size: int) -> np.ndarray:
-    if img.shape[:2] == (size, size):
-        return img
-    return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
-
-
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """Nearest-neighbour resize of a 0..255 mask, binarized (>127): what the network is given."""
-    if mask.shape != (size, size):
-        mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST))
-    return np.where(mask > 127, 255, 0).astype(np.uint8)
 
 
 def area_fraction(mask: np.ndarray, size: int) -> np.ndarray:
@@ -230,11 +185,40 @@ def upscale_to_full(
 
 
 # --------------------------------------------------------------------------------------------------
-# The harmonizer
+# Colour transforms at full resolution
 # --------------------------------------------------------------------------------------------------
 
-# (composites uint8 (N, S, S, 3), masks uint8 (N, S, S) 0/255) -> uint8 (N, S, S, 3)
-LowResFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+def apply_transform_full(composite: np.ndarray, mask: np.ndarray, transform) -> np.ndarray:
+    """Apply a network-resolution transform map (1, 12, h, w) to a full-resolution composite.
+
+    Bands of rows: the map is upsampled for the band only, applied in float32, rounded to uint8 and
+    blended in by the mask alpha; rows with no foreground are copied as they are.
+    """
+    import torch
+
+    from components.models.heads import apply_transform, upsample_rows
+
+    h, w = composite.shape[:2]
+    out = composite.copy()
+    rows_per_band = max(1, _CHUNK // max(w, 1))
+    has_fg = (mask > 0).any(axis=1)
+    t = transform.detach().float().cpu()
+    for r0 in range(0, h, rows_per_band):
+        r1 = min(h, r0 + rows_per_band)
+        if not has_fg[r0:r1].any():
+            continue
+        band = images.from_uint8(torch.from_numpy(composite[r0:r1])).permute(2, 0, 1)[None]
+        new = images.to_uint8(apply_transform(upsample_rows(t, h, w, r0, r1), band))[0].permute(1, 2, 0)
+        a = mask[r0:r1].astype(np.float32)[..., None] / 255.0
+        c = composite[r0:r1].astype(np.float32)
+        out[r0:r1] = np.clip(np.rint(c + a * (new.numpy().astype(np.float32) - c)), 0, 255).astype(np.uint8)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The predictor
+# --------------------------------------------------------------------------------------------------
 
 
 def pick_device(device: str = "auto"):
@@ -245,100 +229,111 @@ def pick_device(device: str = "auto"):
     return torch.device(device)
 
 
-def network_fn(model, device="auto") -> LowResFn:
-    """Wrap a generator (``forward(composite, mask)`` in [-1, 1]) as a uint8 batch function."""
-    import torch
+@dataclass
+class NetworkOutput:
+    """The network's result at its own size: uint8 images (N, S, S, 3) and, for a transform head, the map."""
 
-    from components.metrics import images_to_uint8
-
-    dev = pick_device(device) if isinstance(device, str) else device
-    model = model.to(dev).eval()
-
-    @torch.inference_mode()
-    def run(comps: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        x = (
-            torch.from_numpy(np.array(comps, dtype=np.uint8)).to(dev).permute(0, 3, 1, 2).float() / 127.5
-            - 1.0
-        )
-        m = (torch.from_numpy(np.array(masks, dtype=np.uint8)).to(dev) > 127).float()[:, None]
-        y = model(x, m)
-        return images_to_uint8(y)
-
-    return run
+    images: np.ndarray
+    transforms: object | None  # torch.Tensor (N, 12, S, S) or (N, 12, 1, 1)
 
 
-class Harmonizer:
-    """Harmonize composites of any size: ``Harmonizer.from_uri("models:/rainnet@champion")(img, mask)``.
+class Predictor:
+    """``Predictor.from_uri("models:/rainnet@champion")(composite, mask)`` -> harmonized uint8 image.
 
-    ``low_res`` is the network at its training size (``image_size``) as a uint8 batch function;
-    ``mapping`` picks how its result reaches full resolution (``poly2`` default, see module doc).
+    ``model`` is a generator (``forward(composite, mask, return_aux=True)``) built for ``image_size``;
+    ``mapping`` is how an ``image`` head's result reaches full resolution (see the module doc).
     """
 
     def __init__(
         self,
-        low_res: LowResFn,
+        model,
         image_size: int,
         mapping: str = "poly2",
         max_pixels: int | None = None,
+        device="auto",
         info: dict | None = None,
     ):
         if mapping not in MAPPINGS:
             raise ValueError(f"unknown mapping {mapping!r}; known: {list(MAPPINGS)}")
-        self.low_res = low_res
+        self.device = pick_device(device) if isinstance(device, str) else device
+        self.model = model.to(self.device).eval()
         self.image_size = int(image_size)
         self.mapping = mapping
         self.max_pixels = max_pixels
         self.info = info or {}
+        self.head = getattr(getattr(model, "head", None), "head", "image")
 
     @classmethod
-    def from_model(cls, model, image_size: int, device="auto", **kwargs) -> Harmonizer:
-        return cls(network_fn(model, device), image_size, **kwargs)
-
-    @classmethod
-    def from_uri(cls, uri: str, device="auto", **kwargs) -> Harmonizer:
+    def from_uri(cls, uri: str, device="auto", **kwargs) -> Predictor:
         """Load a generator from a file, ``s3://``, ``runs:/<id>/model`` or ``models:/<name>@<alias>``."""
         from components.checkpoint import load_generator
 
         model, info = load_generator(uri, map_location="cpu")
-        return cls(network_fn(model, device), int(info["image_size"]), info=dict(info), **kwargs)
+        return cls(model, int(info["image_size"]), device=device, info=dict(info), **kwargs)
 
-    def __call__(self, composite: np.ndarray, mask: np.ndarray, name: str = "input") -> np.ndarray:
-        """uint8 (H, W, 3) composite + (H, W) mask (0/255, or bool) -> uint8 (H, W, 3) harmonized."""
-        composite, mask = check_pair(composite, mask, name, self.max_pixels)
+    # -- the network at its own size --------------------------------------------------------------
+    def network(self, composites: np.ndarray, masks: np.ndarray) -> NetworkOutput:
+        """uint8 (N, S, S, 3) composites and (N, S, S) masks at the network's size -> ``NetworkOutput``."""
+        import torch
+
+        with torch.inference_mode():
+            x, m = images.batch_to_tensor(composites, masks, self.device)
+            y, aux = self.model(x, m, return_aux=True)
+            t = aux.get("transform")
+            return NetworkOutput(images.images_to_uint8(y), None if t is None else t.float().cpu())
+
+    def to_network_size(self, composite: np.ndarray, mask: np.ndarray, name: str = "input"):
+        """(composite, bool mask) at the network's size, resized the way the training shards were."""
         s = self.image_size
-        low_comp = resize_rgb(composite, s)
-        low_mask = resize_mask(mask, s)
-        area = area_fraction(mask, s)
+        low_mask = images.resize_mask(mask, s)
         if not low_mask.any():
             # The object vanishes at the network's size: the network has nothing to act on.
             raise InputError(f"{name}: the mask is too small to be seen at the network's {s}x{s} input")
-        low_out = self.low_res(low_comp[None], low_mask[None])[0]
-        return upscale_to_full(composite, mask, low_comp, low_out, area, self.mapping)
+        return images.resize_image(composite, s), low_mask
+
+    def paper_protocol(self, composite: np.ndarray, mask: np.ndarray, name: str = "input") -> np.ndarray:
+        """The field's protocol: the network alone at its size in and out -> uint8 (S, S, 3)."""
+        return self.predict_with_protocol(composite, mask, name)[1]
+
+    # -- any size ------------------------------------------------------------------------------------
+    def __call__(self, composite: np.ndarray, mask: np.ndarray, name: str = "input") -> np.ndarray:
+        """uint8 (H, W, 3) composite + (H, W) mask (0..255 alpha, 0/1 or bool) -> uint8 (H, W, 3)."""
+        return self.predict_with_protocol(composite, mask, name)[0]
+
+    def predict_with_protocol(
+        self, composite: np.ndarray, mask: np.ndarray, name: str = "input"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(harmonized at native size, the network's own output at its size) from one network pass."""
+        composite, mask = check_pair(composite, mask, name, self.max_pixels)
+        s = self.image_size
+        low_comp, low_mask = self.to_network_size(composite, mask, name)
+        net = self.network(low_comp[None], low_mask[None])
+        low_out = net.images[0]
+        if net.transforms is not None:
+            return apply_transform_full(composite, mask, net.transforms[:1]), low_out
+        if composite.shape[:2] == (s, s):
+            fg_index = np.flatnonzero(mask.reshape(-1) > 0)
+            return paste(composite, mask, low_out.reshape(-1, 3)[fg_index], fg_index), low_out
+        area = area_fraction(mask, s)
+        return upscale_to_full(composite, mask, low_comp, low_out, area, self.mapping), low_out
 
     harmonize = __call__
 
+    def predict_batch(
+        self, composites: Sequence[np.ndarray], masks: Sequence[np.ndarray]
+    ) -> list[np.ndarray]:
+        """Many pairs, each at its own size (what the pyfunc model serves)."""
+        if len(composites) != len(masks):
+            raise InputError(f"{len(composites)} composites but {len(masks)} masks")
+        return [self(c, m, name=f"image {i}") for i, (c, m) in enumerate(zip(composites, masks, strict=True))]
+
     def harmonize_files(self, composite_uri: str, mask_uri: str, s3=None) -> np.ndarray:
         """Read a (composite, mask) pair and harmonize it; errors name the offending file."""
-        comp = read_image(composite_uri, "RGB", self.max_pixels, s3)
-        mask = read_image(mask_uri, "L", self.max_pixels, s3)
+        comp = images.read_image(composite_uri, self.max_pixels, s3)
+        mask = images.read_mask(mask_uri, self.max_pixels, s3, soft=True)
         if mask.shape != comp.shape[:2]:
             raise InputError(
                 f"{mask_uri}: mask is {mask.shape[1]}x{mask.shape[0]} but the composite {composite_uri} "
                 f"is {comp.shape[1]}x{comp.shape[0]}"
             )
-        if not (mask > 127).any():
-            raise InputError(f"{mask_uri}: empty mask (no foreground pixel above 127)")
         return self(comp, mask, name=composite_uri)
-
-
-def encode_image(img: np.ndarray, path: str) -> bytes:
-    """Encode by the output's extension (PNG by default, JPEG at quality 95)."""
-    ext = path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else "png"
-    buf = io.BytesIO()
-    if ext in ("jpg", "jpeg"):
-        Image.fromarray(img).save(buf, format="JPEG", quality=95)
-    elif ext == "png":
-        Image.fromarray(img).save(buf, format="PNG")
-    else:
-        raise InputError(f"{path}: unsupported output format .{ext} (use .png or .jpg)")
-    return buf.getvalue()

@@ -114,7 +114,9 @@ class TrainConfig:
     gan: bool = False  # false: L1 only (quick runs); true: + global D and domain-verification D
     lambda_adv: float = 1.0
     lambda_v: float = 1.0
-    lambda_l1: float = 100.0
+    lambda_l1: float = 100.0  # weight of the pixel loss (L1 in the paper)
+    loss: str = "l1"  # pixel loss: l1 (paper) | fn_mse (foreground-normalized MSE, the fMSE metric)
+    fn_min_area: float = 100.0  # fn_mse: the foreground area never counts below this many pixels
     gp_weight: float = 0.0
     lambda_mask: float = 1.0  # DIH's mask head (BCE against the foreground mask); unused by RainNet
     amp: bool = True  # bf16 autocast, on GPU only

@@ -192,10 +192,12 @@ def standard_tags(params: Any, dataset_hash: str | None, **extra: Any) -> dict[s
 
 
 def run_name(generator_spec: Mapping[str, Any], dataset_name: str) -> str:
-    """``rainnet-rain-decoder-default``, ``dih-default``, ``dih_rain-default``: model [placement] data."""
+    """``rainnet-rain-decoder-default``, ``dih-pct-default``: model [placement] [head] data."""
     parts = [str(generator_spec.get("name", "model"))]
     if generator_spec.get("placement"):
         parts.append(str(generator_spec["placement"]))
+    if generator_spec.get("head") not in (None, "image"):
+        parts.append(str(generator_spec["head"]))
     parts.append(str(dataset_name))
     return "-".join(parts)
 

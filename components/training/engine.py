@@ -227,7 +227,7 @@ def train_step(state: TrainState, batch: dict, t, device, amp: bool = True) -> d
         _requires_grad((d, dv), False)
 
     state.opt_g.zero_grad(set_to_none=True)
-    loss_l1 = losses.l1_loss(out, real)
+    loss_l1 = losses.reconstruction_loss(t.loss, out, real, mask, t.fn_min_area)
     g_adv = g_v = None
     if state.gan:
         with autocast(device, amp):

@@ -30,6 +30,7 @@ from components.checkpoint import MLFLOW_ARTIFACT, save_generator
 from components.cli import UserError
 from components.config import Params
 from components.data import shards
+from components.models import losses
 from components.training import engine
 from components.training.loop import FAULT_ENV, read_state, train_loop_per_worker
 from components.training.mlflow_logging import find_or_create_run
@@ -245,6 +246,8 @@ def run(params: Params) -> dict[str, Any]:
     from ray.train import TrainingFailedError
 
     t = params.train
+    if t.loss not in losses.RECONSTRUCTION_LOSSES:
+        raise UserError(f"train.loss={t.loss!r}: expected one of {', '.join(losses.RECONSTRUCTION_LOSSES)}")
     s3 = storage.S3Options.from_config(params.storage)
     train_uris, val_uris = find_shards(params, s3)
     n_train = count_rows(train_uris, s3)

@@ -148,6 +148,8 @@ class EvaluateConfig:
     run_name: str | None = None  # null: eval-<model>-<placement>-<data>
     per_image_out: str = "metrics/eval_per_image.csv"
     summary_out: str = "metrics/eval.json"
+    showcase_out: str = "reports/eval_showcase.png"  # composite | mask | output | real, native size
+    showcase_count: int = 4
     summary_md: str = "reports/eval_summary.md"
 
 

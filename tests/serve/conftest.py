@@ -122,6 +122,7 @@ def registry_flow(tracked, lalonde, tmp_path_factory) -> dict:
             f"evaluate.per_image_out={out / 'eval.csv'}",
             f"evaluate.summary_out={out / 'eval.json'}",
             f"evaluate.summary_md={out / 'eval.md'}",
+            f"evaluate.showcase_out={out / 'showcase.png'}",
         )
         run_stage(
             register.main,

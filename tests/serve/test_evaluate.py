@@ -36,6 +36,7 @@ def outputs(tmp: Path) -> list[str]:
         f"evaluate.per_image_out={tmp / 'per_image.csv'}",
         f"evaluate.summary_out={tmp / 'eval.json'}",
         f"evaluate.summary_md={tmp / 'eval.md'}",
+        f"evaluate.showcase_out={tmp / 'showcase.png'}",  # never the repo's reports/
     ]
 
 
@@ -46,10 +47,12 @@ def test_lharmony_composite_row_matches_numpy(lalonde, generators, tracking_serv
         evaluate.main,
         f"evaluate.model={generators['strong']['path']}",
         f"evaluate.data={lh}",
-        "evaluate.image_size=256",  # the files' own size: no resizing, so numpy alone gives the truth
         *outputs(tmp_path),
     )
     summary = json.loads((tmp_path / "eval.json").read_text())
+    # Scores are at the files' native 256x256 whatever the network's size (32 here): numpy alone gives
+    # the composite's truth; the paper protocol (at 32x32) is reported apart.
+    assert summary["image_size"] == 32 and summary["resolution"] == "native"
     hand = {n: hand_metrics(lh, n) for n in names}
     comp = summary["composite"]["overall"]
     assert comp["n"] == len(names) == 120
@@ -60,8 +63,12 @@ def test_lharmony_composite_row_matches_numpy(lalonde, generators, tracking_serv
 
     with open(tmp_path / "per_image.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0])[:7] == ["path", "subset", "fg_ratio", "mse", "psnr", "fmse", "fpsnr"]
+    assert list(rows[0])[:10] == [
+        "path", "subset", "method", "width", "height", "fg_ratio", "mse", "psnr", "fmse", "fpsnr",
+    ]  # fmt: skip
+    assert {"paper_fmse", "paper_composite_fmse"} <= set(rows[0])
     assert len(rows) == 120
+    assert {(r["width"], r["height"]) for r in rows} == {("256", "256")}
     for r in rows[:10]:
         name = r["path"].rsplit("/", 1)[-1]
         assert float(r["composite_fmse"]) == pytest.approx(hand[name]["fmse"], rel=1e-5)
@@ -69,6 +76,8 @@ def test_lharmony_composite_row_matches_numpy(lalonde, generators, tracking_serv
     md = (tmp_path / "eval.md").read_text()
     first = next(line for line in md.splitlines() if line.startswith("| composite"))
     assert f"{comp['fmse']:.2f}" in first  # the composite is the first row of the table
+    paper = summary["paper"]["composite"]["overall"]
+    assert paper["n"] == 120 and paper["fmse"] != pytest.approx(comp["fmse"])  # at 32x32: apart
 
     from mlflow import MlflowClient
 

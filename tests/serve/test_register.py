@@ -69,23 +69,43 @@ def test_rule_and_names():
     assert registered_name({"name": "dih_rain"}) == registered_name({"name": "dih"}) == "dih"
 
 
+def half_of_lharmony(lalonde, root) -> str:
+    """Another test set: the first 40 of LHarmony's 120 test composites, as their own subset folder."""
+    import shutil
+
+    from components.data.iharmony4 import mask_and_real_names
+
+    lh, sub = lalonde / "LHarmony", root / "LHarmonyHalf"
+    names = (lh / "LHarmony_test.txt").read_text().split()[:40]
+    for d in ("composite_images", "masks", "real_images"):
+        (sub / d).mkdir(parents=True)
+    for name in names:
+        mask, real = mask_and_real_names(name)
+        for d, f in (("composite_images", name), ("masks", mask), ("real_images", real)):
+            shutil.copyfile(lh / d / f, sub / d / f)
+    (sub / "LHarmonyHalf_test.txt").write_text("\n".join(names) + "\n")
+    return str(sub)
+
+
 def test_champion_is_rescored_on_a_different_test_set(registry_flow, lalonde, tmp_path):
-    """A challenger scored on another test set (here 64x64) is compared with the champion re-scored there."""
+    """A challenger scored on another test set (here 40 of the 120 images) is compared with the champion
+    re-scored there. (Scores are at native resolution, so another network size is not another test set.)"""
     import json
 
     from pipeline import evaluate, register
     from tests.serve.conftest import run_stage
 
     name, runs = registry_flow["name"], registry_flow["runs"]
-    for label in ("strong", "untrained"):  # the champion's run too, to know its score at 64x64 directly
+    data = half_of_lharmony(lalonde, tmp_path / "data")
+    for label in ("strong", "untrained"):  # the champion's run too, to know its score there directly
         run_stage(
             evaluate.main,
             f"evaluate.model=runs:/{runs[label]}/model",
-            f"evaluate.data={lalonde / 'LHarmony'}",
-            "evaluate.image_size=64",
+            f"evaluate.data={data}",
             f"evaluate.per_image_out={tmp_path / label / 'eval.csv'}",
             f"evaluate.summary_out={tmp_path / label / 'eval.json'}",
             f"evaluate.summary_md={tmp_path / label / 'eval.md'}",
+            f"evaluate.showcase_out={tmp_path / label / 'showcase.png'}",
         )
     run_stage(
         register.main,
@@ -96,9 +116,11 @@ def test_champion_is_rescored_on_a_different_test_set(registry_flow, lalonde, tm
         "register.beat_composite=false",  # the champion-vs-challenger rule alone
     )
     out = json.loads((tmp_path / "register.json").read_text())
-    strong64 = json.loads((tmp_path / "strong" / "eval.json").read_text())
-    assert out["test_set"] != registry_flow["steps"]["better"]["eval"]["test_set"]
-    assert out["champion_value"] == pytest.approx(strong64["harmonized"]["overall"]["fmse"])
+    strong_half = json.loads((tmp_path / "strong" / "eval.json").read_text())
+    assert strong_half["n_images"] == 40
+    assert out["test_set"] == strong_half["test_set"] != registry_flow["steps"]["better"]["eval"]["test_set"]
+    assert out["champion_value"] == pytest.approx(strong_half["harmonized"]["overall"]["fmse"])
+    assert out["champion_value"] != pytest.approx(registry_flow["steps"]["better"]["register"]["value"])
     assert not out["new_version"] and not out["promoted"] and out["champion_version"] == 2
 
 

@@ -121,6 +121,7 @@ class TrainConfig:
     lambda_mask: float = 1.0  # DIH's mask head (BCE against the foreground mask); unused by RainNet
     amp: bool = True  # bf16 autocast, on GPU only
     hflip: bool = True
+    colour_jitter: float = 0.0  # 0..1: one random global colour change per training pair (augment.py)
     seed: int = 0
     num_workers: int = 1
     use_gpu: bool = False

@@ -28,6 +28,7 @@ from components import metrics as M
 from components.models import losses
 from components.models.init import init_weights
 from components.models.registry import build_model
+from components.training.augment import scene_colour_jitter
 from components.training.schedule import make_scheduler
 
 METRIC_KEYS = ("mse", "psnr", "fmse", "fpsnr")
@@ -196,6 +197,7 @@ def _f(x: torch.Tensor) -> float:
 def train_step(state: TrainState, batch: dict, t, device, amp: bool = True) -> dict[str, float]:
     """One iteration on one batch; ``t`` is ``params.train``. Returns the loss values (floats)."""
     comp, mask, real = to_device(batch, device)
+    comp, real = scene_colour_jitter(comp, real, t.colour_jitter)
     gen = state.generator
     gen.train()
     with autocast(device, amp):

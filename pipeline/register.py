@@ -49,9 +49,9 @@ def champion_value_on(evaluation: dict, champion, metric: str, params) -> float 
         samples = ev.shard_samples(params.storage.root, data[len("shards:") :], params.evaluate.split, s3)
     else:
         samples = ev.iharmony4_samples(data, params.evaluate.split, s3)
-    model, _ = load_generator(f"models:/{champion.name}/{champion.version}")
-    predictor = Predictor(
-        model, int(evaluation["image_size"]), mapping=params.harmonize.mapping, device=params.evaluate.device
+    model, info = load_generator(f"models:/{champion.name}/{champion.version}")
+    predictor = Predictor(  # the champion at its own training size, scored at native resolution
+        model, int(info["image_size"]), mapping=params.harmonize.mapping, device=params.evaluate.device
     )
     rows = ev.evaluate(predictor, samples, s3)
     return ev.summaries(rows)["harmonized"]["overall"][metric]

@@ -54,13 +54,15 @@ def _open(data: bytes, name: str, max_pixels: int | None = None) -> Image.Image:
         raise BadInput("unreadable", name, f"{type(exc).__name__}: {exc}") from None
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
+def _to_uint8(arr: np.ndarray, top: float | None = None) -> np.ndarray:
+    """To 8 bits; ``top`` is the input's full scale (65535 for 16-bit files), else guessed from the values."""
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == bool:
         return arr.astype(np.uint8) * 255
     arr = arr.astype(np.float64)
-    top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+    if top is None:
+        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
     return np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8)
 
 
@@ -75,7 +77,7 @@ def decode_image(
         return np.asarray(im, dtype=np.uint8).copy()
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         notes.append(("converted_16bit", name))
-        arr = _to_uint8(np.asarray(im))
+        arr = _to_uint8(np.asarray(im), 65535.0 if mode.startswith("I;16") else None)
         return np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr[..., :3]
     if mode in ("L", "1", "LA"):
         notes.append(("converted_grayscale", name))
@@ -166,7 +168,7 @@ def resize_image(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     w, h = (size, size) if isinstance(size, int) else size
     if image.shape[:2] == (h, w):
         return image
-    return np.asarray(Image.fromarray(image).resize((w, h), Image.LANCZOS), dtype=np.uint8)
+    return np.array(Image.fromarray(image).resize((w, h), Image.LANCZOS), dtype=np.uint8)
 
 
 def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:

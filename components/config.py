@@ -132,6 +132,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     sample_grid: int = 4  # validation samples in the per-epoch grid PNG
     checkpoints_to_keep: int = 2
+    keep: str = "last"  # the model a run produces: last (epoch) | best (lowest val fMSE; early stopping)
     weights_out: str = "models/generator.pt"
     metrics_out: str = "metrics/train.json"
     plots_out: str = "metrics/train_epochs.csv"

@@ -48,6 +48,7 @@ class TrainState:
     epoch: int = 0
     global_step: int = 0
     history: list[dict] = field(default_factory=list)
+    best: dict | None = None  # {"epoch", "val_fmse", "generator": state dict} of the best val epoch
 
     @property
     def gan(self) -> bool:
@@ -126,6 +127,7 @@ def state_dict(state: TrainState) -> dict[str, Any]:
         "epoch": state.epoch,
         "global_step": state.global_step,
         "history": list(state.history),
+        "best": state.best,
     }
     if state.gan:
         out.update(
@@ -152,6 +154,20 @@ def load_state_dict(state: TrainState, data: dict[str, Any]) -> None:
     state.epoch = int(data["epoch"])
     state.global_step = int(data["global_step"])
     state.history = list(data.get("history", []))
+    state.best = data.get("best")
+
+
+def track_best(state: TrainState, val_fmse: float) -> bool:
+    """Keep a CPU copy of the generator when ``val_fmse`` is the lowest so far; True when it is."""
+    if state.best is not None and not val_fmse < state.best["val_fmse"]:
+        return False
+    gen = unwrap(state.generator).state_dict()
+    state.best = {
+        "epoch": state.epoch,
+        "val_fmse": float(val_fmse),
+        "generator": {k: v.detach().cpu().clone() for k, v in gen.items()},
+    }
+    return True
 
 
 def autocast(device: torch.device | str, enabled: bool):

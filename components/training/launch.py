@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 RESUMABLE_KEYS = {
     "run_name", "experiment", "epochs", "decay_epochs", "use_gpu", "cpus_per_worker", "gpus_per_worker",
     "max_failures", "log_every_steps", "sample_grid", "checkpoints_to_keep", "amp",
-    "weights_out", "metrics_out", "plots_out",
+    "weights_out", "metrics_out", "plots_out", "keep",
 }  # fmt: skip
 # Variables the workers need when they run on other machines (credentials, endpoints, tracking).
 FORWARD_ENV_PREFIXES = ("AWS_", "MLFLOW_", "HARMONIZE_")
@@ -203,10 +203,12 @@ def write_epochs_csv(path: str, history: list[dict]) -> None:
     _write_text(path, buf.getvalue())
 
 
-def summary(history: list[dict], **info: Any) -> dict[str, Any]:
-    last = history[-1]
+def summary(history: list[dict], model_epoch: int | None = None, **info: Any) -> dict[str, Any]:
+    """The run's DVC metrics: the validation metrics of the epoch whose model was kept."""
+    last = next((r for r in history if r["epoch"] == model_epoch), history[-1])
     out = dict(info)
-    out["epochs_done"] = last["epoch"]
+    out["epochs_done"] = history[-1]["epoch"]
+    out["model_epoch"] = last["epoch"]
     out["global_step"] = last["step"]
     for k in ("val_mse", "val_psnr", "val_fmse", "val_fpsnr"):
         out[k] = round(float(last[k]), 6)
@@ -246,6 +248,8 @@ def run(params: Params) -> dict[str, Any]:
     from ray.train import TrainingFailedError
 
     t = params.train
+    if t.keep not in ("last", "best"):
+        raise UserError(f"train.keep={t.keep!r}: expected last or best")
     if t.loss not in losses.RECONSTRUCTION_LOSSES:
         raise UserError(f"train.loss={t.loss!r}: expected one of {', '.join(losses.RECONSTRUCTION_LOSSES)}")
     s3 = storage.S3Options.from_config(params.storage)
@@ -308,17 +312,22 @@ def run(params: Params) -> dict[str, Any]:
             key, state["epoch"], t.epochs + t.decay_epochs, state["epoch"],
         )  # fmt: skip
     model = engine.build_model(gen_spec)
-    model.load_state_dict(state["generator"], strict=True)
+    best = state.get("best") if t.keep == "best" else None
+    model.load_state_dict((best or state)["generator"], strict=True)
+    model_epoch = best["epoch"] if best else state["epoch"]
+    if best:
+        log.info("keeping epoch %d (lowest val fMSE %.2f) of %d", model_epoch, best["val_fmse"], state["epoch"])
     meta = {
         "run_id": run_id,
         "train_key": key,
         "dataset": dataset_name(params),
         "dataset_hash": data_hash,
         "placement": tags["placement"],
-        "epoch": state["epoch"],
+        "epoch": model_epoch,
+        "epochs_trained": state["epoch"],
     }
     save_generator(t.weights_out, model, gen_spec, image_size, meta)
-    model_uri = log_final_model(run_id, t.weights_out, image_size, state["epoch"])
+    model_uri = log_final_model(run_id, t.weights_out, image_size, model_epoch)
     write_epochs_csv(t.plots_out, history)
     out = summary(
         history,
@@ -331,6 +340,7 @@ def run(params: Params) -> dict[str, Any]:
         dataset_hash=data_hash,
         image_size=image_size,
         checkpoint=storage.join(params.storage.root, "ray", key),
+        model_epoch=model_epoch,
     )
     _write_text(t.metrics_out, json.dumps(out, indent=2, sort_keys=True) + "\n")
     if os.environ.get(FAULT_ENV):

@@ -132,6 +132,7 @@ def train_loop_per_worker(config: dict) -> None:
                 "epoch_time_s": time.perf_counter() - t0,
             }
             state.history.append(row)
+            engine.track_best(state, row["val_fmse"])
 
             if rank == 0:
                 baseline = {k: row[f"composite_{k[4:]}"] for k in ("val_psnr", "val_fmse")}

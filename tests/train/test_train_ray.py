@@ -76,7 +76,6 @@ def test_two_workers_killed_run_resumes_from_its_checkpoint(tiny_local):
     assert {"git_commit", "dataset_hash", "model", "placement"} <= set(run.data.tags)
     assert run.data.tags["placement"] == "rain-decoder"
     assert run.data.params["train.num_workers"] == "2"
-    assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
     assert artifacts == {"samples/epoch_001.png", "samples/epoch_002.png"}
     assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == ["plots/convergence.png"]

@@ -50,6 +50,10 @@ class SourceConfig:
     subset: str | None = None
     # Use at most this many photos / composites from the source (null: all).
     limit: int | None = None
+    # photos_masks only: this many extra object-like masks per *train* photo, grown from the photo's own
+    # segments (like the builtin source's), each one more training entry with composites_per_photo
+    # composites; val / test keep only the hand-drawn masks. 0: none.
+    extra_masks: int = 0
 
 
 @dataclass

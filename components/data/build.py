@@ -34,6 +34,7 @@ from components.data.sources import (
     Entry,
     Skip,
     SourceListing,
+    add_extra_masks,
     assign_splits,
     builtin_photo,
     list_builtin,
@@ -100,6 +101,13 @@ def _load_base(task: tuple[str, Entry, dict, dict]) -> Outcome:
             y0, y1, x0, x1 = entry.payload["box"]
             real = resize_image(builtin_photo(entry.payload["photo"])[y0:y1, x0:x1])
             mask = masks.object_mask(real, rng_for(opt["seed"], "mask", entry.key), *opt["fg_ratio"])
+            if mask is None:
+                return Outcome(skip=Skip("no_object_mask", entry.key, "no object-like mask in the area band"))
+        elif "extra_mask" in entry.payload:  # photos_masks, train: a mask grown from the photo itself
+            # conversions of the photo are noted once, by its hand-drawn-mask entry
+            real = resize_image(images.decode_image(blobs["photo"], entry.payload["photo"], []))
+            rng = rng_for(opt["seed"], "extra_mask", entry.key, entry.payload["extra_mask"])
+            mask = masks.object_mask(real, rng, *opt["fg_ratio"])
             if mask is None:
                 return Outcome(skip=Skip("no_object_mask", entry.key, "no object-like mask in the area band"))
         else:
@@ -222,6 +230,12 @@ def _list_sources(cfg: PrepareConfig, s3: S3Options | None) -> list[SourceListin
         except (FileNotFoundError, OSError) as exc:
             raise UserError(f"prepare.sources[{i}] ({src.kind}): {exc}") from None
         assign_splits(listing.entries, cfg.val_fraction, cfg.test_fraction)
+        if src.extra_masks:
+            if src.kind != "photos_masks" or src.extra_masks < 0:
+                raise UserError(
+                    f"prepare.sources[{i}] ({src.kind}): extra_masks is for photos_masks sources, >= 0"
+                )
+            add_extra_masks(listing, src.extra_masks)
         out.append(listing)
     return out
 
@@ -322,7 +336,9 @@ def prepare_dataset(cfg: PrepareConfig, storage_cfg: StorageConfig, progress: bo
             record(outcome)
             if outcome.value is not None:
                 bases.append(outcome.value)
-        pool = [b.stats for b in bases]
+        # reference objects: the sources' own objects only (no extra masks), so val / test composites
+        # are the same whatever extra_masks is
+        pool = [b.stats for b in bases if "extra_mask" not in b.entry.payload]
         for split in SPLITS:
             synth = [
                 (b, k)

@@ -3,7 +3,9 @@
 - ``builtin``: natural colour photos that ship inside packages the project already installs (no
   download); many square crops per photo at several scales. One photo = one scene (the stereo
   motorcycle pair is one scene).
-- ``photos_masks``: ``photos/<id>.<ext>`` + ``masks/<id>.png``; one photo = one scene.
+- ``photos_masks``: ``photos/<id>.<ext>`` + ``masks/<id>.png``; one photo = one scene. With
+  ``extra_masks: n``, each train photo also gets ``n`` entries ``<id>_x<k>`` masked by object-like masks
+  grown from the photo (:func:`add_extra_masks`).
 - ``iharmony4``: ``<subset>/{composite_images,masks,real_images}`` + ``<subset>_{train,test}.txt``,
   composite ``<id>_<m>_<k>`` -> mask ``<id>_<m>`` -> real ``<id>``; one real image = one scene.
 
@@ -228,6 +230,33 @@ def list_photos_masks(path: str, subset: str, limit: int | None, s3: S3Options |
         )
     out.description["photos"] = len(photos)
     return out
+
+
+def add_extra_masks(listing: SourceListing, n: int) -> None:
+    """After :func:`assign_splits`: ``n`` more entries per *train* photo of a ``photos_masks`` listing,
+    each masked by an object-like mask grown from the photo (``payload["extra_mask"]``: 1..n; no mask
+    file). Same photo, same scene, so they stay in train; val / test keep only the hand-drawn masks."""
+    if n <= 0:
+        return
+    out: list[Entry] = []
+    for e in listing.entries:
+        out.append(e)
+        if e.kind != "photos_masks" or e.split != "train":
+            continue
+        for k in range(1, n + 1):
+            out.append(
+                Entry(
+                    kind=e.kind,
+                    key=f"{e.key}_x{k}",
+                    scene_id=e.scene_id,
+                    subset=e.subset,
+                    payload={"photo": e.payload["photo"], "extra_mask": k},
+                    split=e.split,
+                )
+            )
+    listing.description["extra_masks"] = n
+    listing.description["extra_mask_entries"] = len(out) - len(listing.entries)
+    listing.entries = out
 
 
 def _read_list(uri: str, s3: S3Options | None) -> set[str]:

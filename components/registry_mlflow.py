@@ -136,6 +136,7 @@ def model_card(
     """The model card in markdown: what it is, what it was trained on, how it scores, where it falls short."""
     gen = evaluation.get("generator") or {}
     size = evaluation.get("image_size")
+    head = gen.get("head", "image")
     lines = [
         f"# {name} version {version}",
         "",
@@ -155,8 +156,8 @@ def model_card(
             lines.append(f"- {key}: `{train_run['params'][key]}`")
     lines += [
         "",
-        f"## Test metrics ({evaluation.get('n_images')} images of `{evaluation.get('data')}`, "
-        f"{size}x{size}, test set `{evaluation.get('test_set')}`)",
+        f"## Test metrics ({evaluation.get('n_images')} images of `{evaluation.get('data')}` at their "
+        f"native resolution through the predictor, test set `{evaluation.get('test_set')}`)",
         "",
         "MSE / PSNR (peak 255, capped at 100 dB) / fMSE / fPSNR on uint8 after rounding, per image then "
         "averaged (RAINNET.md section 5).",
@@ -168,6 +169,7 @@ def model_card(
         summ = evaluation[key]
         groups = {"overall": summ["overall"], **summ["by_subset"]}
         groups.update({f"fg {k} %": v for k, v in summ["by_fg_ratio"].items()})
+        groups.update({f"composite fMSE {k}": v for k, v in summ.get("by_composite_error", {}).items()})
         for group, g in groups.items():
             vals = " | ".join("-" if g[m] is None else f"{g[m]:.2f}" for m in metrics.METRICS)
             lines.append(f"| {label} | {group} | {g['n']} | {vals} |")
@@ -180,10 +182,14 @@ def model_card(
         "",
         "## Limits",
         "",
-        f"- The network sees {size}x{size} images; larger inputs are harmonized by a per-image colour "
-        "mapping fitted at that size (`components.harmonizer`), so the change is a global colour transform "
-        "of the foreground: spatially varying light (shadows, local shading) is not corrected at full "
-        "resolution.",
+        f"- The network sees {size}x{size} images. Its `{head}` head's result reaches the native "
+        "resolution " + (
+            "as a per-image colour mapping fitted at that size, so the change is a global colour "
+            "transform of the foreground"
+            if head == "image"
+            else "as a colour transform upsampled from that size, so the change is a smooth colour "
+            "transform of the foreground"
+        ) + " (`components.predictor`): detail finer than the network's pixels is not relit.",
         "- Trained on synthesized composites (colour transfer / retouch of a real photo's object); real "
         "cut-and-paste composites differ in edges, scale and lighting, and are not measured here.",
         "- Metrics are on the test set above only; numbers on other data (e.g. iHarmony4 at 256x256) are "

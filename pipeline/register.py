@@ -153,6 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         storage.write_bytes_atomic(path, text.encode())
     if evaluation.get("eval_run_id"):
         client.log_text(evaluation["eval_run_id"], card, "model_card.md")
+    showcase = Path(params.evaluate.showcase_out)
+    if showcase.is_file():  # what the version does to test composites, beside the version's model
+        client.log_artifact(run_id, str(showcase), f"showcase/v{version.version}")
     log.info(
         "%s v%s (%s): %s -> aliases %s",
         name, version.version, "new" if created else "already registered", decision.reason, decision.aliases,

@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "-S", f"train.plots_out={rel}/train_epochs.csv", "-S", f"train.run_name=quality-{args.label}",
         "-S", f"evaluate.model={rel}/generator.pt", "-S", f"evaluate.summary_out={rel}/eval.json",
         "-S", f"evaluate.per_image_out={rel}/eval_per_image.csv", "-S", f"evaluate.summary_md={rel}/eval.md",
+        "-S", f"evaluate.showcase_out={rel}/showcase.png",
     ]  # fmt: skip
     if not args.skip_prepare:
         run([py, "-m", "pipeline.prepare", *profile, *sets])

@@ -159,11 +159,15 @@ def paste(composite: np.ndarray, mask: np.ndarray, new_fg: np.ndarray, fg_index:
     alpha = mask.reshape(-1)
     for s in range(0, len(fg_index), _CHUNK):
         idx = fg_index[s : s + _CHUNK]
-        a = alpha[idx].astype(np.float32)[:, None] / 255.0
-        c = flat_comp[idx].astype(np.float32)
-        v = c + a * (new_fg[s : s + _CHUNK].astype(np.float32) - c)
-        flat_out[idx] = np.clip(np.rint(v), 0, 255).astype(np.uint8)
+        flat_out[idx] = blend(flat_comp[idx], alpha[idx], new_fg[s : s + _CHUNK])
     return out
+
+
+def blend(composite: np.ndarray, alpha: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """``composite + alpha * (new - composite)`` rounded to uint8; alpha 0..255 (..., ) beside (..., 3)."""
+    a = alpha.astype(np.float32)[..., None] / 255.0
+    c = composite.astype(np.float32)
+    return np.clip(np.rint(c + a * (new.astype(np.float32) - c)), 0, 255).astype(np.uint8)
 
 
 def upscale_to_full(
@@ -210,9 +214,7 @@ def apply_transform_full(composite: np.ndarray, mask: np.ndarray, transform) -> 
             continue
         band = images.from_uint8(torch.from_numpy(composite[r0:r1])).permute(2, 0, 1)[None]
         new = images.to_uint8(apply_transform(upsample_rows(t, h, w, r0, r1), band))[0].permute(1, 2, 0)
-        a = mask[r0:r1].astype(np.float32)[..., None] / 255.0
-        c = composite[r0:r1].astype(np.float32)
-        out[r0:r1] = np.clip(np.rint(c + a * (new.numpy().astype(np.float32) - c)), 0, 255).astype(np.uint8)
+        out[r0:r1] = blend(composite[r0:r1], mask[r0:r1], new.numpy())
     return out
 
 

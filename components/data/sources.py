@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -25,6 +24,8 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from components import storage
+from components.data import iharmony4
+from components.data.images import InputError
 from components.storage import S3Options
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -260,10 +261,10 @@ def add_extra_masks(listing: SourceListing, n: int) -> None:
 
 
 def _read_list(uri: str, s3: S3Options | None) -> set[str]:
+    """Stems of a split list's composite names; empty when the list is absent."""
     if not storage.exists(uri, s3):
         return set()
-    text = storage.read_bytes(uri, s3).decode("utf-8", "replace")
-    return {PurePosixPath(line.strip()).stem for line in text.splitlines() if line.strip()}
+    return {PurePosixPath(name).stem for name in iharmony4.read_split_list(uri, s3)}
 
 
 def _read_methods(uri: str, s3: S3Options | None) -> dict[str, str]:
@@ -274,43 +275,31 @@ def _read_methods(uri: str, s3: S3Options | None) -> dict[str, str]:
     return dict(line.split("\t", 1) for line in lines if "\t" in line)
 
 
-def iharmony4_subsets(path: str, s3: S3Options | None) -> list[tuple[str, str]]:
-    """``(subset name, folder)`` of an iHarmony4-layout folder: the folder itself when it holds
-    ``composite_images/``, else each of its subfolders that does."""
-    if "composite_images" in storage.list_dirs(path, s3):
-        return [(posixpath.basename(str(path).rstrip("/")), path)]
-    return [
-        (name, storage.join(path, name))
-        for name in storage.list_dirs(path, s3)
-        if "composite_images" in storage.list_dirs(storage.join(path, name), s3)
-    ]
-
-
 def list_iharmony4(
     path: str, subset_override: str | None, limit: int | None, s3: S3Options | None
 ) -> SourceListing:
     _require_dir(path, s3, "iharmony4 source")
-    subsets = iharmony4_subsets(path, s3)
+    subsets = iharmony4.subsets(path, s3)
     if not subsets:
         raise FileNotFoundError(f"iharmony4 source: no <subset>/composite_images folder under {path}")
     out = SourceListing(description={"kind": "iharmony4", "path": path, "subsets": {}})
     candidates: list[Entry] = []
     for name, folder in subsets:
         subset = subset_override or name
-        comps = _images(storage.join(folder, "composite_images"), s3)
-        masks = {_stem(u): u for u in _images(storage.join(folder, "masks"), s3)}
-        reals = {_stem(u): u for u in _images(storage.join(folder, "real_images"), s3)}
+        comps = _images(storage.join(folder, iharmony4.COMPOSITES), s3)
+        masks = {_stem(u): u for u in _images(storage.join(folder, iharmony4.MASKS), s3)}
+        reals = {_stem(u): u for u in _images(storage.join(folder, iharmony4.REALS), s3)}
         train = _read_list(storage.join(folder, f"{name}_train.txt"), s3)
         test = _read_list(storage.join(folder, f"{name}_test.txt"), s3)
         methods = _read_methods(storage.join(folder, "methods.tsv"), s3)
         out.description["subsets"][subset] = {"composites": len(comps), "lists": bool(train or test)}
         for uri in comps:
             stem = _stem(uri)
-            parts = stem.rsplit("_", 2)
-            if len(parts) != 3:
+            try:
+                rid, mask_id = iharmony4.parse_composite_name(uri)
+            except InputError:
                 out.skipped.append(Skip("bad_name", uri, "expected <id>_<mask>_<k>"))
                 continue
-            rid, mask_id = parts[0], f"{parts[0]}_{parts[1]}"
             if mask_id not in masks:
                 out.skipped.append(Skip("missing_mask", uri, f"no masks/{mask_id}.png"))
                 continue

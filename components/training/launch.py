@@ -1,4 +1,9 @@
-"""The driver side of ``python -m pipeline.train``: check inputs, Ray, TorchTrainer, final outputs.
+"""Training as a function (``train(params) -> TrainResult``) and the ``train`` stage around it (``run``).
+
+``train`` checks the inputs, finds or creates the MLflow run and fits a TorchTrainer on the Ray that is
+already up; it writes no file of the working tree, so the ``train`` stage and every ablation trial
+(``components/training/ablation.py``) call the same function. ``run`` is the stage: ``ray.init``, then
+``train``, then the files DVC tracks.
 
 Runs locally (``ray.init()`` starts a Ray sized to the job) or against a cluster (``RAY_ADDRESS``, also
 set by ``ray job submit``). Where things go:
@@ -20,6 +25,7 @@ import json
 import logging
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +165,10 @@ def forwarded_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV_PREFIXES)}
 
 
-def make_trainer(params: Params, loop_config: dict, key: str, s3):
+def make_trainer(
+    params: Params, loop_config: dict, key: str, s3, callbacks: list | None = None,
+    worker_env: dict[str, str] | None = None,
+):  # fmt: skip
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -180,7 +189,8 @@ def make_trainer(params: Params, loop_config: dict, key: str, s3):
             storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoints_to_keep),
-            worker_runtime_env={"env_vars": forwarded_env()},
+            worker_runtime_env={"env_vars": {**forwarded_env(), **(worker_env or {})}},
+            callbacks=list(callbacks or []),
         ),
     )
 
@@ -239,19 +249,61 @@ def log_final_model(run_id: str, generator_file: str, image_size: int, epoch: in
 
 
 # --------------------------------------------------------------------------------------------------
-# The whole stage
+# Training as a function
 # --------------------------------------------------------------------------------------------------
 
 
-def run(params: Params) -> dict[str, Any]:
-    """Train (or resume) as ``params`` say; returns the summary written to ``train.metrics_out``."""
-    from ray.train import TrainingFailedError
+@dataclass
+class TrainResult:
+    """What one training run produced; no file in the working tree was written to make it.
 
+    ``history`` has one row per epoch (``CSV_COLUMNS``); ``best`` is the row of the lowest val fMSE and
+    ``last`` the last row; ``model_epoch`` is the epoch whose generator ``generator_state`` holds
+    (``train.keep``: ``best`` or ``last``). ``checkpoint`` is the Ray checkpoint folder (under
+    ``<storage.root>/ray/``) that holds the whole training state.
+    """
+
+    run_id: str
+    run_name: str
+    train_key: str
+    experiment: str
+    history: list[dict]
+    best: dict
+    last: dict
+    model_epoch: int
+    epochs_done: int
+    generator_state: dict
+    image_size: int
+    spec: dict
+    dataset: str
+    dataset_hash: str
+    checkpoint: str
+    tags: dict = field(default_factory=dict)
+
+
+def validate(params: Params) -> None:
     t = params.train
     if t.keep not in ("last", "best"):
         raise UserError(f"train.keep={t.keep!r}: expected last or best")
     if t.loss not in losses.RECONSTRUCTION_LOSSES:
         raise UserError(f"train.loss={t.loss!r}: expected one of {', '.join(losses.RECONSTRUCTION_LOSSES)}")
+
+
+@dataclass
+class Inputs:
+    """What a training reads, checked before Ray starts (``check_inputs``)."""
+
+    s3: Any
+    train_uris: list[str]
+    val_uris: list[str]
+    image_size: int
+    gen_spec: dict
+
+
+def check_inputs(params: Params) -> Inputs:
+    """Shards, one batch per worker, the model spec: ``UserError`` naming what is wrong, no Ray needed."""
+    validate(params)
+    t = params.train
     s3 = storage.S3Options.from_config(params.storage)
     train_uris, val_uris = find_shards(params, s3)
     n_train = count_rows(train_uris, s3)
@@ -269,19 +321,47 @@ def run(params: Params) -> dict[str, Any]:
             engine.build_model(dict(params.model.domain_discriminator))
     except (ValueError, TypeError) as exc:
         raise UserError(f"params model section: {exc}") from None
+    return Inputs(s3, train_uris, val_uris, image_size, gen_spec)
 
+
+def train(
+    params: Params,
+    *,
+    inputs: Inputs | None = None,
+    key_prefix: str | None = None,
+    tags: dict[str, str] | None = None,
+    extra_params: dict[str, Any] | None = None,
+    callbacks: list | None = None,
+    worker_env: dict[str, str] | None = None,
+) -> TrainResult:
+    """Train (or resume) one generator as ``params`` say, on the Ray that is already initialized.
+
+    No ``ray.init`` and no stage files: the ``train`` stage (``run``) and every ablation trial call
+    this. ``key_prefix`` replaces the run name in the train key (an ablation keys its trials by sweep),
+    ``tags`` / ``extra_params`` go on the MLflow run (e.g. ``mlflow.parentRunId``), ``callbacks`` to the
+    TorchTrainer's ``RunConfig`` (``TuneReportCallback`` in a Tune trial), ``worker_env`` to the workers.
+    Raises ``UserError`` for bad inputs and ``RuntimeError`` when training fails (the MLflow run is then
+    marked FAILED; rerunning resumes from the last checkpoint).
+    """
+    from ray.train import TrainingFailedError
+
+    inputs = inputs or check_inputs(params)
+    t = params.train
+    s3, train_uris, val_uris = inputs.s3, inputs.train_uris, inputs.val_uris
+    image_size, gen_spec = inputs.image_size, inputs.gen_spec
     data_hash = dataset_hash(params, s3)
     run_name = t.run_name or tracking.run_name(gen_spec, dataset_name(params))
-    key = train_key(run_name, fingerprint(params, gen_spec, data_hash))
+    key = train_key(key_prefix or run_name, fingerprint(params, gen_spec, data_hash))
     uri = tracking.configure()
-    tags = tracking.standard_tags(params, data_hash, dataset=dataset_name(params), image_size=image_size)
-    tags["epochs_planned"] = str(t.epochs + t.decay_epochs)
+    run_tags = tracking.standard_tags(params, data_hash, dataset=dataset_name(params), image_size=image_size)
+    run_tags["epochs_planned"] = str(t.epochs + t.decay_epochs)
+    run_tags.update(tags or {})
     run_id, resumed = find_or_create_run(
-        t.experiment, run_name, key, tags, params, extra_params={"generator_spec": gen_spec}
-    )
+        t.experiment, run_name, key, run_tags, params,
+        extra_params={"generator_spec": gen_spec, **(extra_params or {})},
+    )  # fmt: skip
     log.info("train key %s, MLflow run %s (%s)", key, run_id, "resumed" if resumed else "new")
 
-    init_ray(params)
     loop_config = {
         "params": params,
         "gen_spec": gen_spec,
@@ -291,7 +371,7 @@ def run(params: Params) -> dict[str, Any]:
         "run_id": run_id,
         "tracking_uri": uri,
     }
-    trainer = make_trainer(params, loop_config, key, s3)
+    trainer = make_trainer(params, loop_config, key, s3, callbacks=callbacks, worker_env=worker_env)
     try:
         result = trainer.fit()
     except TrainingFailedError as exc:
@@ -311,38 +391,80 @@ def run(params: Params) -> dict[str, Any]:
             "epoch %d (set a new train.run_name to train from scratch)",
             key, state["epoch"], t.epochs + t.decay_epochs, state["epoch"],
         )  # fmt: skip
-    model = engine.build_model(gen_spec)
-    best = state.get("best") if t.keep == "best" else None
-    model.load_state_dict((best or state)["generator"], strict=True)
-    model_epoch = best["epoch"] if best else state["epoch"]
-    if best:
-        log.info("keeping epoch %d (lowest val fMSE %.2f) of %d", model_epoch, best["val_fmse"], state["epoch"])
-    meta = {
-        "run_id": run_id,
-        "train_key": key,
-        "dataset": dataset_name(params),
-        "dataset_hash": data_hash,
-        "placement": tags["placement"],
-        "epoch": model_epoch,
-        "epochs_trained": state["epoch"],
-    }
-    save_generator(t.weights_out, model, gen_spec, image_size, meta)
-    model_uri = log_final_model(run_id, t.weights_out, image_size, model_epoch)
-    write_epochs_csv(t.plots_out, history)
-    out = summary(
-        history,
+    kept = state.get("best") if t.keep == "best" else None
+    model_epoch = kept["epoch"] if kept else state["epoch"]
+    if kept:
+        log.info(
+            "keeping epoch %d (lowest val fMSE %.2f) of %d", model_epoch, kept["val_fmse"], state["epoch"]
+        )
+    best_row = min(history, key=lambda r: r["val_fmse"])
+    return TrainResult(
         run_id=run_id,
         run_name=run_name,
         train_key=key,
         experiment=t.experiment,
-        model_uri=model_uri,
+        history=history,
+        best=best_row,
+        last=history[-1],
+        model_epoch=model_epoch,
+        epochs_done=state["epoch"],
+        generator_state=(kept or state)["generator"],
+        image_size=image_size,
+        spec=gen_spec,
         dataset=dataset_name(params),
         dataset_hash=data_hash,
-        image_size=image_size,
         checkpoint=storage.join(params.storage.root, "ray", key),
-        model_epoch=model_epoch,
+        tags=run_tags,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The train stage
+# --------------------------------------------------------------------------------------------------
+
+
+def write_outputs(params: Params, res: TrainResult) -> dict[str, Any]:
+    """The stage files: ``train.weights_out`` (also the run's MLflow model), the epochs CSV and the
+    summary JSON (returned)."""
+    t = params.train
+    model = engine.build_model(res.spec)
+    model.load_state_dict(res.generator_state, strict=True)
+    meta = {
+        "run_id": res.run_id,
+        "train_key": res.train_key,
+        "dataset": res.dataset,
+        "dataset_hash": res.dataset_hash,
+        "placement": res.tags.get("placement", "none"),
+        "epoch": res.model_epoch,
+        "epochs_trained": res.epochs_done,
+    }
+    save_generator(t.weights_out, model, res.spec, res.image_size, meta)
+    model_uri = log_final_model(res.run_id, t.weights_out, res.image_size, res.model_epoch)
+    write_epochs_csv(t.plots_out, res.history)
+    out = summary(
+        res.history,
+        run_id=res.run_id,
+        run_name=res.run_name,
+        train_key=res.train_key,
+        experiment=res.experiment,
+        model_uri=model_uri,
+        dataset=res.dataset,
+        dataset_hash=res.dataset_hash,
+        image_size=res.image_size,
+        checkpoint=res.checkpoint,
+        model_epoch=res.model_epoch,
     )
     _write_text(t.metrics_out, json.dumps(out, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def run(params: Params) -> dict[str, Any]:
+    """The ``train`` stage: train (or resume) as ``params`` say on a local Ray (or ``RAY_ADDRESS``), then
+    write the stage files; returns the summary written to ``train.metrics_out``."""
+    inputs = check_inputs(params)  # before Ray starts: a missing dataset or a bad spec fails in a second
+    init_ray(params)
+    res = train(params, inputs=inputs)
+    out = write_outputs(params, res)
     if os.environ.get(FAULT_ENV):
         log.warning("%s is set: fault injection was active", FAULT_ENV)
     return out

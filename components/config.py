@@ -143,6 +143,39 @@ class TrainConfig:
 
 
 @dataclass
+class AblateConfig:
+    """``python -m pipeline.ablate``: a Ray Tune sweep of trainings that differ only in the generator.
+
+    Every trial trains with the ``train`` section (same data, epochs and seed), its generator the
+    ``model.generator`` section with the variant's family / placement / head put in.
+    """
+
+    experiment: str = "harmonization-ablation"
+    name: str | None = None  # sweep name; null: ablation-<dataset>
+    # RainNet placements (Table 1 names or I/R strings); null: all of Table 1, baseline and all-rain too
+    placements: list[str] | None = None
+    families: list[str] = field(default_factory=lambda: ["rainnet"])  # rainnet | dih | dih_rain
+    heads: list[str] | None = None  # null: model.generator.head
+    epochs: int | None = None  # null: train.epochs (and train.decay_epochs)
+    decay_epochs: int | None = None
+    # Resources: each trial is a Tune function (trial_cpus) that runs a TorchTrainer with these workers
+    # (null: the train section's); max_concurrent_trials trainings at once.
+    max_concurrent_trials: int = 2
+    trial_cpus: float = 0.1
+    num_workers: int | None = None
+    cpus_per_worker: int | None = None
+    use_gpu: bool | None = None
+    gpus_per_worker: float | None = None
+    max_failures: int = 0  # Tune-level retries of a failed trial
+    asha: bool = False  # ASHA early stopping on val PSNR (off: the paper compares whole curves)
+    asha_grace_period: int = 2
+    asha_reduction_factor: int = 2
+    csv_out: str = "reports/ablation.csv"
+    md_out: str = "reports/ablation.md"
+    figures_prefix: str = "reports/ablation-"  # <prefix>type-I.png, type-II.png, type-III.png, families.png
+
+
+@dataclass
 class EvaluateConfig:
     experiment: str = "harmonization-eval"
     model: str = "models/generator.pt"  # checkpoint file, runs:/<id>/model or models:/<name>@<alias>
@@ -186,6 +219,7 @@ class Params:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ablate: AblateConfig = field(default_factory=AblateConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
     harmonize: HarmonizeConfig = field(default_factory=HarmonizeConfig)

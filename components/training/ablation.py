@@ -1,0 +1,662 @@
+"""RAIN placement ablations (Table 1 of the supplementary) and DIH vs DIH + RAIN, as one Ray Tune sweep.
+
+Plan. The variants are the placements of ``ablate.placements`` (all of Table 1 with the no-RAIN
+baseline and all-RAIN by default) for RainNet, plus one variant per other family (``dih``,
+``dih_rain``), each with every head of ``ablate.heads``. Below 256 px some of the 14 slots have no layer
+(``rainnet.slot_map``), so two placements can build the same network: the plan keeps one variant per
+distinct network (family, head, the placement letters of the slots that exist at this size) and records
+which names it stands for.
+
+Run. Each distinct variant is one Tune trial: a function that calls ``launch.train`` (a TorchTrainer
+with ``TuneReportCallback``, so Tune sees every epoch; ASHA can stop trials early when
+``ablate.asha``). Same data, epochs and seed for all. MLflow: one parent run per sweep in
+``ablate.experiment``; each trial's training run is a nested child run of it (tag
+``mlflow.parentRunId``) with the placement name and string, family and head as params and the
+per-epoch validation metrics (step = epoch).
+
+Robustness. A failing trial is recorded as failed (table, MLflow) and the others go on. Rerunning the
+same sweep skips the variants whose child run already finished its epochs and resumes the others from
+their Ray Train checkpoints (``<storage.root>/ray/<train key>/``), so an interrupted sweep continues.
+
+Fault injection for tests and drills: ``HARMONIZE_ABLATE_FAIL=<variant>[,<variant>...]`` makes those
+variants' workers fail after their first epoch with no retry (a rerun without it resumes them).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components import storage, tracking
+from components.cli import UserError
+from components.config import Params
+from components.models.rainnet import PLACEMENTS, num_blocks_for, resolve_placement, slot_map
+from components.models.registry import allowed_arguments, build_model
+from components.training import launch
+from components.training.loop import FAULT_ENV
+
+log = logging.getLogger(__name__)
+
+FAIL_ENV = "HARMONIZE_ABLATE_FAIL"
+FAMILIES = ("rainnet", "dih", "dih_rain")
+HEADS = ("image", "affine", "pct")
+SWEEP_TAG = "ablation_sweep"  # on the parent: the sweep key
+CHILD_TAG = "ablation_sweep_child"  # on each trial run: the sweep key
+VARIANT_TAG = "ablation_variant"
+# The paper's grouping of Table 1 (RAINNET.md): type I decoder / encoder, II symmetric, III inner.
+PLACEMENT_TYPES = {
+    "baseline": "-",
+    "rain-decoder-1": "I",
+    "rain-decoder-2": "I",
+    "rain-decoder-3": "I",
+    "rain-decoder-4": "I",
+    "rain-decoder": "I",
+    "rain-encoder": "I",
+    "rain-1": "II",
+    "rain-2": "II",
+    "rain-3": "II",
+    "rain-4": "II",
+    "rain-5": "II",
+    "rain-6": "II",
+    "rain-inner-3": "III",
+    "rain-inner-4": "III",
+    "rain-inner-5": "III",
+    "all-rain": "-",
+}
+REFERENCES = ("baseline", "all-rain")  # drawn in every type figure
+FIGURES = ("type-I", "type-II", "type-III", "families")
+METRICS = ("val_psnr", "val_mse", "val_fmse")
+CSV_COLUMNS = (
+    "variant", "family", "placement", "placement_string", "effective_placement", "head", "type",
+    "stands_for", "status", "epochs", "final_psnr", "final_mse", "final_fmse", "best_psnr",
+    "best_psnr_epoch", "best_mse", "best_fmse", "run_id", "error",
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# Plan: the distinct networks of a sweep
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Variant:
+    """One network of the sweep. ``effective`` has the placement letter of every slot that has a layer
+    at this image size and ``.`` for the others (``None`` for DIH families)."""
+
+    id: str
+    family: str
+    head: str
+    placement: str | None = None  # Table 1 name (lower case) or the I/R string as given
+    placement_string: str | None = None
+    effective: str | None = None
+    type: str = "-"
+    stands_for: list[str] = field(default_factory=list)
+
+    def spec(self, base: dict) -> dict:
+        """The generator spec: ``base`` (``model.generator``) with this family, placement and head, keys
+        the family does not take dropped, ``image_size`` left to the data."""
+        allowed = set(allowed_arguments(self.family))
+        spec = {k: v for k, v in base.items() if k in allowed and k != "image_size"}
+        spec["name"] = self.family
+        if self.placement is not None:
+            spec["placement"] = self.placement
+        spec["head"] = self.head
+        return spec
+
+
+def effective_placement(placement: str, image_size: int) -> str:
+    """The placement as built at ``image_size``: its letter where the slot has a layer, ``.`` elsewhere
+    (the slots of ``RainNet.slot_layers()`` that are non-empty)."""
+    string = resolve_placement(placement)
+    present: set[int] = set()
+    for enc, dec in slot_map(num_blocks_for(image_size)).values():
+        present.add(dec)
+        if enc is not None:
+            present.add(enc)
+    return "".join(c if i + 1 in present else "." for i, c in enumerate(string))
+
+
+def placement_type(placement: str) -> str:
+    key = placement.strip().lower().replace("_", "-")
+    return PLACEMENT_TYPES.get(key, "custom")
+
+
+def _placement_key(placement: str) -> str:
+    key = placement.strip().lower().replace("_", "-")
+    return key if key in PLACEMENTS else placement.strip().upper()
+
+
+def plan(params: Params, image_size: int) -> list[Variant]:
+    """The distinct variants of the sweep, in Table 1 order (``ablate.placements`` order when given)."""
+    a = params.ablate
+    base = dict(params.model.generator)
+    heads = a.heads or [base.get("head", "image")]
+    placements = a.placements if a.placements is not None else list(PLACEMENTS)
+    for fam in a.families:
+        if fam not in FAMILIES:
+            raise UserError(
+                f"ablate.families: unknown family {fam!r}; expected some of {', '.join(FAMILIES)}"
+            )
+    for head in heads:
+        if head not in HEADS:
+            raise UserError(f"ablate.heads: unknown head {head!r}; expected some of {', '.join(HEADS)}")
+    if "rainnet" in a.families and not placements:
+        raise UserError("ablate.placements is empty: name at least one placement (or null for all)")
+    several_heads = len(heads) > 1
+    variants: list[Variant] = []
+    by_network: dict[tuple, Variant] = {}
+    for fam in a.families:
+        for head in heads:
+            names = [_placement_key(p) for p in placements] if fam == "rainnet" else [None]
+            for name in names:
+                parts = [fam] + ([name] if name else []) + ([head] if several_heads else [])
+                vid = "-".join(parts)
+                if name is None:
+                    v = Variant(vid, fam, head, type="DIH")
+                else:
+                    try:
+                        string = resolve_placement(name)
+                        eff = effective_placement(name, image_size)
+                    except ValueError as exc:
+                        raise UserError(f"ablate.placements: {exc}") from None
+                    v = Variant(vid, fam, head, name, string, eff, placement_type(name))
+                key = (fam, head, v.effective)
+                if key in by_network:
+                    if vid not in by_network[key].stands_for:
+                        by_network[key].stands_for.append(vid)
+                    continue
+                v.stands_for = [vid]
+                by_network[key] = v
+                variants.append(v)
+    for v in variants:  # every family / head / placement must build (cheaply: ngf 1)
+        try:
+            build_model({**v.spec(base), "ngf": 1, "image_size": image_size})
+        except (ValueError, TypeError) as exc:
+            raise UserError(f"variant {v.id}: {exc}") from None
+    return variants
+
+
+def trial_params(params: Params, variant: Variant) -> Params:
+    """The ``Params`` one trial trains with: the train section with the ablate overrides, the variant's
+    generator, the ablation experiment, the variant as run name."""
+    p = copy.deepcopy(params)
+    a, t = p.ablate, p.train
+    if a.epochs is not None:
+        t.epochs = a.epochs
+    if a.decay_epochs is not None:
+        t.decay_epochs = a.decay_epochs
+    for name in ("num_workers", "cpus_per_worker", "use_gpu", "gpus_per_worker"):
+        if getattr(a, name) is not None:
+            setattr(t, name, getattr(a, name))
+    t.experiment = a.experiment
+    t.run_name = variant.id
+    p.model.generator = variant.spec(dict(params.model.generator))
+    return p
+
+
+def sweep_name(params: Params) -> str:
+    return params.ablate.name or f"ablation-{launch.dataset_name(params)}"
+
+
+def sweep_key(params: Params, variants: list[Variant], data_hash: str) -> str:
+    """Sweep name + a fingerprint of what shapes its trainings (not the epochs: raising them continues)."""
+    base = trial_params(params, variants[0])
+    what = {
+        "train": launch.fingerprint(base, {}, data_hash),
+        "variants": [dataclasses.asdict(v) for v in variants],
+    }
+    fp = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{sweep_name(params)}-{fp[:8]}"
+
+
+# --------------------------------------------------------------------------------------------------
+# One trial (runs in a Tune trial actor)
+# --------------------------------------------------------------------------------------------------
+
+
+def run_trial(config: dict, sweep: dict) -> None:
+    """Tune function: train one variant with ``launch.train``, each epoch reported to Tune."""
+    from mlflow import MlflowClient
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    os.environ.update(sweep["env"])
+    tracking.configure(sweep["tracking_uri"])
+    v = Variant(**sweep["variants"][config["variant"]])
+    params: Params = sweep["params"][v.id]
+    worker_env = {}
+    if v.id in sweep["fail"]:
+        worker_env[FAULT_ENV] = "1"
+        params.train.max_failures = 0
+    res = launch.train(
+        params,
+        key_prefix=f"{sweep['key']}.{v.id}",
+        tags={
+            **sweep["git_tags"],  # the trial's working directory may not be the checkout
+            "mlflow.parentRunId": sweep["parent_run_id"],
+            CHILD_TAG: sweep["key"],
+            VARIANT_TAG: v.id,
+            "ablation_type": v.type,
+            "family": v.family,
+            "head": v.head,
+        },
+        extra_params={
+            "ablation.variant": v.id,
+            "ablation.family": v.family,
+            "ablation.head": v.head,
+            "ablation.placement": v.placement or "none",
+            "ablation.placement_string": v.placement_string or "none",
+            "ablation.effective_placement": v.effective or "none",
+            "ablation.type": v.type,
+            "ablation.stands_for": ",".join(v.stands_for),
+        },
+        callbacks=[TuneReportCallback()],
+        worker_env=worker_env,
+    )
+    MlflowClient().set_terminated(res.run_id, status="FINISHED")
+
+
+# --------------------------------------------------------------------------------------------------
+# MLflow
+# --------------------------------------------------------------------------------------------------
+
+
+def find_or_create_parent(params: Params, key: str, variants: list[Variant], data_hash: str) -> str:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    exp = tracking.get_or_create_experiment(params.ablate.experiment, client)
+    run = tracking.find_latest_run(exp, tracking.equals_filter(f"tags.{SWEEP_TAG}", key), client)
+    tags = tracking.standard_tags(params, data_hash, dataset=launch.dataset_name(params))
+    tags.update({SWEEP_TAG: key, "placement": "sweep", "variants": str(len(variants))})
+    if run is None:
+        run_id = client.create_run(exp.experiment_id, run_name=sweep_name(params), tags=tags).info.run_id
+    else:
+        run_id = run.info.run_id
+        client.update_run(run_id, status="RUNNING")
+        for k, v in tags.items():
+            client.set_tag(run_id, k, v)
+    tracking.log_params_flat(params, run_id=run_id, on_conflict="keep", client=client)
+    tracking.log_params_flat(
+        {"ablation.variants": ",".join(v.id for v in variants)},
+        run_id=run_id,
+        on_conflict="keep",
+        client=client,
+    )
+    return run_id
+
+
+def child_runs(params: Params, key: str) -> dict[str, Any]:
+    """Variant id -> its latest child run in this sweep."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    exp = tracking.get_or_create_experiment(params.ablate.experiment, client)
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=tracking.equals_filter(f"tags.{CHILD_TAG}", key),
+        order_by=["attributes.start_time DESC"],
+        max_results=1000,
+    )
+    out: dict[str, Any] = {}
+    for r in runs:
+        out.setdefault(r.data.tags.get(VARIANT_TAG, ""), r)
+    return out
+
+
+def curves(run_id: str) -> list[dict]:
+    """Per-epoch rows ``{"epoch", "val_psnr", "val_mse", "val_fmse", "val_composite_*"}`` of a child run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    rows: dict[int, dict] = {}
+    for name in (*METRICS, "val_composite_psnr", "val_composite_mse", "val_composite_fmse"):
+        for m in client.get_metric_history(run_id, name):
+            rows.setdefault(int(m.step), {"epoch": int(m.step)})[name] = float(m.value)
+    return [rows[e] for e in sorted(rows) if all(k in rows[e] for k in METRICS)]
+
+
+def is_finished(run, epochs: int) -> bool:
+    if run is None or run.info.status != "FINISHED":
+        return False
+    return max((r["epoch"] for r in curves(run.info.run_id)), default=0) >= epochs
+
+
+# --------------------------------------------------------------------------------------------------
+# Results: table, Markdown, figures
+# --------------------------------------------------------------------------------------------------
+
+
+def result_row(v: Variant, status: str, history: list[dict], run_id: str = "", error: str = "") -> dict:
+    row: dict[str, Any] = {
+        "variant": v.id, "family": v.family, "placement": v.placement or "", "placement_string":
+        v.placement_string or "", "effective_placement": v.effective or "", "head": v.head, "type": v.type,
+        "stands_for": ";".join(v.stands_for), "status": status, "epochs": len(history), "run_id": run_id,
+        "error": error,
+    }  # fmt: skip
+    if history:
+        last = history[-1]
+        best = max(history, key=lambda r: r["val_psnr"])
+        row.update(
+            final_psnr=round(last["val_psnr"], 4),
+            final_mse=round(last["val_mse"], 4),
+            final_fmse=round(last["val_fmse"], 4),
+            best_psnr=round(best["val_psnr"], 4),
+            best_psnr_epoch=best["epoch"],
+            best_mse=round(min(r["val_mse"] for r in history), 4),
+            best_fmse=round(min(r["val_fmse"] for r in history), 4),
+        )
+    return row
+
+
+def write_csv(path: str, rows: list[dict]) -> None:
+    import csv
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: r.get(k, "") for k in CSV_COLUMNS})
+    storage.write_bytes_atomic(path, buf.getvalue().encode())
+
+
+def _fmt(x: Any, digits: int = 2) -> str:
+    return f"{x:.{digits}f}" if isinstance(x, float) and math.isfinite(x) else (str(x) if x != "" else "-")
+
+
+def markdown(rows: list[dict], info: dict, composite: dict | None) -> str:
+    lines = [
+        f"# Ablation `{info['sweep']}`",
+        "",
+        f"Sweep key `{info['key']}`, MLflow parent run `{info['parent_run_id']}` (experiment "
+        f"`{info['experiment']}`). Data `{info['dataset']}` ({info['image_size']}x{info['image_size']}), "
+        f"{info['epochs']} epochs per variant, seed {info['seed']}. Validation metrics per image on 0..255, "
+        "PSNR peak 255; best PSNR is the highest epoch, best MSE / fMSE the lowest.",
+        "",
+        f"Command: `{info['command']}`",
+        "",
+        "| variant | type | placement | effective at this size | stands for | status | epochs | "
+        "final PSNR | final MSE | final fMSE | best PSNR | epoch of best PSNR | best MSE | best fMSE |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    if composite:
+        lines.append(
+            f"| composite (no harmonization) | | | | | | | {_fmt(composite['psnr'])} | "
+            f"{_fmt(composite['mse'])} | {_fmt(composite['fmse'])} | | | | |"
+        )
+    for r in rows:
+        place = f"`{r['placement_string']}`" if r["placement_string"] else "-"
+        eff = f"`{r['effective_placement']}`" if r["effective_placement"] else "-"
+        status = r["status"] + (f" ({r['error']})" if r.get("error") else "")
+        lines.append(
+            f"| {r['variant']} | {r['type']} | {place} | {eff} | {', '.join(r['stands_for'].split(';'))} | "
+            f"{status} | {r['epochs']} | {_fmt(r.get('final_psnr', ''))} | {_fmt(r.get('final_mse', ''))} | "
+            f"{_fmt(r.get('final_fmse', ''))} | {_fmt(r.get('best_psnr', ''))} | "
+            f"{r.get('best_psnr_epoch', '-')} | {_fmt(r.get('best_mse', ''))} | {_fmt(r.get('best_fmse', ''))} |"
+        )
+    lines += [
+        "",
+        "Effective placement: the slot letters of the layers that exist at this image size (`.`: no layer; "
+        "below 256 px the middle slots have none), so one network can stand for several Table 1 names.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def figure(title: str, curves_by_variant: dict[str, list[dict]], references: dict[str, list[dict]]) -> bytes:
+    """PSNR against epoch, one line per variant (the supplementary's Fig. 2-4), references dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, hist in curves_by_variant.items():
+        if hist:
+            ax.plot([r["epoch"] for r in hist], [r["val_psnr"] for r in hist], marker="o", ms=3, label=name)
+    for name, hist in references.items():
+        if hist and name not in curves_by_variant:
+            ax.plot([r["epoch"] for r in hist], [r["val_psnr"] for r in hist], ls="--", label=name)
+    if not any(curves_by_variant.values()):
+        ax.text(
+            0.5, 0.5, "no finished variant of this kind in the sweep", ha="center", transform=ax.transAxes
+        )
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation PSNR (dB)")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def figures(variants: list[Variant], histories: dict[str, list[dict]]) -> dict[str, bytes]:
+    """``{"type-I": png, "type-II": ..., "type-III": ..., "families": ...}``: always all four."""
+    refs = {
+        v.id: histories.get(v.id, []) for v in variants if v.family == "rainnet" and v.placement in REFERENCES
+    }
+    out = {}
+    for t in ("I", "II", "III"):
+        chosen = {v.id: histories.get(v.id, []) for v in variants if v.type == t}
+        out[f"type-{t}"] = figure(f"Type {t} placements: validation PSNR", chosen, refs)
+    fam = {v.id: histories.get(v.id, []) for v in variants if v.family != "rainnet"}
+    out["families"] = figure("DIH vs DIH + RAIN: validation PSNR", fam, {})
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The sweep
+# --------------------------------------------------------------------------------------------------
+
+
+def init_ray(params: Params, probe: Params) -> None:
+    """``RAY_ADDRESS`` when set, else a local Ray with the CPUs ``max_concurrent_trials`` trials ask for."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+        return
+    t, a = probe.train, params.ablate
+    per_trial = t.num_workers * t.cpus_per_worker + a.trial_cpus
+    ray.init(
+        num_cpus=max(1, math.ceil(max(1, a.max_concurrent_trials) * per_trial)),
+        num_gpus=None if t.use_gpu else 0,
+        object_store_memory=256 * 1024**2,
+        log_to_driver=True,
+    )
+
+
+def _first_line(text: str, limit: int = 160) -> str:
+    for line in reversed(str(text).strip().splitlines()):
+        if "Error" in line or "error" in line:
+            return line.strip()[:limit]
+    return str(text).strip().splitlines()[-1][:limit] if str(text).strip() else ""
+
+
+def absolute_paths(params: Params) -> Params:
+    """A copy with the local storage root and dataset card as absolute paths: Tune trials run in other
+    working directories, and what they read must be what the driver planned with."""
+    p = copy.deepcopy(params)
+    if "://" not in p.storage.root:
+        p.storage.root = str(Path(p.storage.root).absolute())
+    if "://" not in p.prepare.card:
+        p.prepare.card = str(Path(p.prepare.card).absolute())
+    return p
+
+
+def run(params: Params, command: str = "python -m pipeline.ablate") -> dict[str, Any]:
+    """Plan, run the missing trials on Ray Tune, then write the table, Markdown and figures."""
+    from mlflow import MlflowClient
+
+    params = absolute_paths(params)
+    a = params.ablate
+    if a.max_concurrent_trials < 1:
+        raise UserError(f"ablate.max_concurrent_trials={a.max_concurrent_trials}: expected at least 1")
+    if a.trial_cpus <= 0:
+        raise UserError(f"ablate.trial_cpus={a.trial_cpus}: expected more than 0 (e.g. 0.1)")
+    inputs = launch.check_inputs(params)
+    variants = plan(params, inputs.image_size)
+    per_variant = {v.id: trial_params(params, v) for v in variants}
+    for v in variants:  # every trial's own checks before Ray starts (batch per worker, spec)
+        launch.check_inputs(per_variant[v.id])
+    probe = per_variant[variants[0].id]
+    epochs = probe.train.epochs + probe.train.decay_epochs
+    data_hash = launch.dataset_hash(params, inputs.s3)
+    key = sweep_key(params, variants, data_hash)
+    uri = tracking.configure()
+    parent = find_or_create_parent(params, key, variants, data_hash)
+    log.info(
+        "sweep %s: %d distinct networks (%s), MLflow parent run %s",
+        key, len(variants), ", ".join(f"{v.id}={'+'.join(v.stands_for)}" for v in variants), parent,
+    )  # fmt: skip
+
+    done = child_runs(params, key)
+    todo = [v for v in variants if not is_finished(done.get(v.id), epochs)]
+    skipped = [v.id for v in variants if v not in todo]
+    if skipped:
+        log.info("already finished, not rerun: %s", ", ".join(skipped))
+    fail = {s.strip() for s in os.environ.get(FAIL_ENV, "").split(",") if s.strip()}
+    errors: dict[str, str] = {}
+    stopped: set[str] = set()
+    if todo:
+        errors, stopped = _tune(params, probe, key, parent, uri, todo, per_variant, fail)
+
+    # Results: every variant from its child run (curves per epoch), status from this run or before.
+    client = MlflowClient()
+    done = child_runs(params, key)
+    rows, histories = [], {}
+    composite = None
+    for v in variants:
+        run_ = done.get(v.id)
+        hist = curves(run_.info.run_id) if run_ is not None else []
+        histories[v.id] = hist
+        if v.id in errors:
+            status = "FAILED"
+            if run_ is None:  # failed before training started: still one failed child run
+                run_ = _failed_child(client, params, key, parent, v, errors[v.id])
+            else:
+                client.set_terminated(run_.info.run_id, status="FAILED")
+            client.set_tag(run_.info.run_id, "ablation_error", errors[v.id][:500])
+        elif v.id in stopped:
+            status = "STOPPED"
+            if run_ is not None:
+                client.set_terminated(run_.info.run_id, status="KILLED")
+        elif run_ is not None and len(hist) >= epochs:
+            status = "FINISHED"
+        else:
+            status = "INCOMPLETE"
+        for r in hist:
+            if composite is None and "val_composite_psnr" in r:
+                composite = {k: r[f"val_composite_{k}"] for k in ("psnr", "mse", "fmse")}
+        rows.append(result_row(v, status, hist, run_.info.run_id if run_ else "", errors.get(v.id, "")))
+
+    info = {
+        "sweep": sweep_name(params), "key": key, "parent_run_id": parent, "experiment": a.experiment,
+        "dataset": launch.dataset_name(params), "image_size": inputs.image_size, "epochs": epochs,
+        "seed": params.train.seed, "command": command,
+    }  # fmt: skip
+    write_csv(a.csv_out, rows)
+    storage.write_bytes_atomic(a.md_out, markdown(rows, info, composite).encode())
+    pngs = figures(variants, histories)
+    paths = []
+    for name, data in pngs.items():
+        path = f"{a.figures_prefix}{name}.png"
+        storage.write_bytes_atomic(path, data)
+        paths.append(path)
+    for path in (a.csv_out, a.md_out, *paths):
+        if "://" not in path:
+            client.log_artifact(parent, path, "ablation")
+    for r in rows:
+        if "best_psnr" in r:
+            client.log_metric(parent, f"best_val_psnr.{r['variant']}", float(r["best_psnr"]))
+    n_failed = sum(r["status"] == "FAILED" for r in rows)
+    client.set_tag(parent, "failed_variants", str(n_failed))
+    client.set_terminated(parent, status="FINISHED" if n_failed == 0 else "FAILED")
+    return {**info, "rows": rows, "skipped": skipped, "figures": paths}
+
+
+def _failed_child(client, params: Params, key: str, parent: str, v: Variant, error: str):
+    exp = tracking.get_or_create_experiment(params.ablate.experiment, client)
+    tags = {"mlflow.parentRunId": parent, CHILD_TAG: key, VARIANT_TAG: v.id, "ablation_type": v.type}
+    run = client.create_run(exp.experiment_id, run_name=v.id, tags=tags)
+    client.set_terminated(run.info.run_id, status="FAILED")
+    return client.get_run(run.info.run_id)
+
+
+def _tune(
+    params: Params, probe: Params, key: str, parent: str, uri: str, todo: list[Variant],
+    per_variant: dict[str, Params], fail: set[str],
+) -> tuple[dict[str, str], set[str]]:  # fmt: skip
+    """Run ``todo`` as Tune trials; returns (variant -> error line, variants stopped early)."""
+    import ray.tune
+    from ray import tune
+
+    a = params.ablate
+    init_ray(params, probe)
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # propagated to the trials: keep the driver's cwd
+    sweep = {
+        "key": key,
+        "parent_run_id": parent,
+        "tracking_uri": uri,
+        "env": {**launch.forwarded_env(), tracking.ENV_VAR: uri},
+        "git_tags": {k: v for k, v in tracking.standard_tags(params, None).items() if "git" in k},
+        "variants": {v.id: dataclasses.asdict(v) for v in todo},
+        "params": {v.id: per_variant[v.id] for v in todo},
+        "fail": sorted(fail),
+    }
+    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep), {"cpu": a.trial_cpus})
+    scheduler = None
+    if a.asha:
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            metric="val_psnr",
+            mode="max",
+            max_t=probe.train.epochs + probe.train.decay_epochs,
+            grace_period=a.asha_grace_period,
+            reduction_factor=a.asha_reduction_factor,
+        )
+    s3 = storage.S3Options.from_config(params.storage)
+    fs, path = storage.filesystem(storage.join(params.storage.root, "tune"), s3)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"variant": tune.grid_search([v.id for v in todo])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=a.max_concurrent_trials, scheduler=scheduler),
+        run_config=ray.tune.RunConfig(
+            name=f"{key}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=path,
+            storage_filesystem=fs,
+            failure_config=ray.tune.FailureConfig(max_failures=a.max_failures),
+            verbose=1,
+        ),
+    )
+    grid = tuner.fit()
+    errors: dict[str, str] = {}
+    stopped: set[str] = set()
+    total = probe.train.epochs + probe.train.decay_epochs
+    for result in grid:
+        vid = (result.config or {}).get("variant")
+        if vid is None:
+            continue
+        if result.error is not None:
+            errors[vid] = _first_line(result.error)
+            log.warning("variant %s failed: %s", vid, errors[vid])
+        elif a.asha and int((result.metrics or {}).get("epoch", total)) < total:
+            stopped.add(vid)
+    return errors, stopped

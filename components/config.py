@@ -126,6 +126,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast, on GPU only
     hflip: bool = True
     colour_jitter: float = 0.0  # 0..1: one random global colour change per training pair (augment.py)
+    identity_fraction: float = 0.0  # share of training composites replaced by their real (leave alone)
     seed: int = 0
     num_workers: int = 1
     use_gpu: bool = False

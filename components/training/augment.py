@@ -42,3 +42,18 @@ def scene_colour_jitter(
         return (y * 2 - 1).to(x.dtype)
 
     return apply(composite), apply(real)
+
+
+def identity_pairs(
+    composite: torch.Tensor, real: torch.Tensor, fraction: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Replace a random ``fraction`` of the composites by their real photo (target: change nothing).
+
+    A harmonizer sees many composites that are nearly right; trained only on visibly shifted ones it
+    learns to always move the foreground, and harms the harmonious ones. Identity pairs teach it to
+    tell the two apart and leave a harmonious image alone.
+    """
+    if fraction <= 0:
+        return composite
+    pick = (torch.rand(composite.shape[0], generator=generator) < fraction).to(composite.device)
+    return torch.where(pick[:, None, None, None], real, composite)

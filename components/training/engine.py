@@ -28,7 +28,7 @@ from components import metrics as M
 from components.models import losses
 from components.models.init import init_weights
 from components.models.registry import build_model
-from components.training.augment import scene_colour_jitter
+from components.training.augment import identity_pairs, scene_colour_jitter
 from components.training.schedule import make_scheduler
 
 METRIC_KEYS = ("mse", "psnr", "fmse", "fpsnr")
@@ -214,6 +214,7 @@ def train_step(state: TrainState, batch: dict, t, device, amp: bool = True) -> d
     """One iteration on one batch; ``t`` is ``params.train``. Returns the loss values (floats)."""
     comp, mask, real = to_device(batch, device)
     comp, real = scene_colour_jitter(comp, real, t.colour_jitter)
+    comp = identity_pairs(comp, real, t.identity_fraction)
     gen = state.generator
     gen.train()
     with autocast(device, amp):

@@ -58,3 +58,17 @@ def test_track_best_keeps_a_copy_of_the_lowest_validation_epoch():
     state.epoch = 3
     assert engine.track_best(state, 480.0)
     assert state.best["epoch"] == 3 and torch.equal(state.best["generator"]["weight"], net.weight)
+
+
+def test_identity_pairs_replace_a_fraction_of_composites_by_their_real():
+    from components.training.augment import identity_pairs
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(400, 3, 2, 2, generator=g)
+    comp = real + 0.5
+    out = identity_pairs(comp, real, 0.25, torch.Generator().manual_seed(3))
+    same = (out == real).flatten(1).all(1)
+    kept = (out == comp).flatten(1).all(1)
+    assert bool((same | kept).all())  # each pair is either left as it was or made an identity pair
+    assert 0.15 < same.float().mean().item() < 0.35
+    assert identity_pairs(comp, real, 0.0) is comp

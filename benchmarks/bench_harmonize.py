@@ -119,24 +119,12 @@ def gradient_energy(img: np.ndarray, fg: np.ndarray) -> float:
 
 def quality(n_photos: int, full: int = 1024) -> dict:
     """fMSE at full resolution and sharpness, per method, with an oracle and with a trained RainNet."""
-    import torch
     from PIL import Image
 
-    from components.data.images import batch_to_tensor, resize_image
     from components.predictor import MAPPINGS, Predictor
     from tests.serve import helpers
 
-    class Oracle(torch.nn.Module):
-        """A perfect "network" at ``size``: the real image there, pasted (isolates the method)."""
-
-        def __init__(self, real: np.ndarray, size: int):
-            super().__init__()
-            low = resize_image(real, size)
-            self.low = batch_to_tensor(low[None], np.ones((1, size, size), bool))[0]
-
-        def forward(self, x, m, return_aux=False):
-            out = self.low * m + x * (1 - m)
-            return (out, {"transform": None}) if return_aux else out
+    Oracle = helpers.Oracle
 
     ids = helpers.photo_ids(LALONDE)
     rng = np.random.default_rng(0)

@@ -9,7 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+
+from components.data.images import batch_to_tensor, resize_image
 
 
 def recolour(
@@ -101,3 +104,17 @@ def train_tiny_generator(lalonde: Path, ids: list[str], size: int = 32, steps: i
     finally:
         torch.set_num_threads(threads)
     return model.eval(), spec
+
+
+
+class Oracle(torch.nn.Module):
+    """A perfect "network" at ``size``: the real image there, pasted (isolates the upsampling method)."""
+
+    def __init__(self, real: np.ndarray, size: int):
+        super().__init__()
+        low = resize_image(real, size)
+        self.low = batch_to_tensor(low[None], np.ones((1, size, size), bool))[0]
+
+    def forward(self, x, m, return_aux=False):
+        out = self.low * m + x * (1 - m)
+        return (out, {"transform": None}) if return_aux else out

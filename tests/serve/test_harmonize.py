@@ -8,11 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from components.cli import UserError
-from components.data.images import batch_to_tensor, resize_image
 from components.predictor import ColourMapping, Predictor
 from pipeline import harmonize as cli
 from tests.serve import helpers
@@ -40,21 +38,8 @@ def gradient_energy(img: np.ndarray, fg: np.ndarray) -> float:
     return float((gx**2 + gy**2)[fg[:-1, :-1]].mean())
 
 
-class Oracle(torch.nn.Module):
-    """A perfect "network" at ``size``: returns the real image there (tests the upsampling method alone)."""
-
-    def __init__(self, real: np.ndarray, size: int):
-        super().__init__()
-        low = resize_image(real, size)
-        self.low = batch_to_tensor(low[None], np.ones((1, size, size), bool))[0]
-
-    def forward(self, x, m, return_aux=False):
-        out = self.low * m + x * (1 - m)
-        return (out, {}) if return_aux else out
-
-
-def oracle(real: np.ndarray, size: int) -> Oracle:
-    return Oracle(real, size)
+def oracle(real: np.ndarray, size: int) -> helpers.Oracle:
+    return helpers.Oracle(real, size)
 
 
 # How much lower the mapping's fMSE is than plain upsampling's. At 256 the network's input is a Lanczos

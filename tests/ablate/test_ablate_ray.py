@@ -1,0 +1,104 @@
+"""``python -m pipeline.ablate`` on a real Ray head and a real MLflow store: tiny data, tiny RainNets.
+
+One sweep of four placement names that build three distinct networks at 32x32 (rain-3 and rain-4
+have the same layers there), one of them forced to fail; then the same command again resumes it.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.train.conftest import PY, REPO, TINY
+
+pytestmark = pytest.mark.slow
+
+
+def run_ablate(cwd, overrides: list[str], env: dict, timeout: float = 400) -> subprocess.CompletedProcess:
+    cmd = [PY, "-m", "pipeline.ablate"]
+    for o in overrides:
+        cmd += ["-S", o]
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0",
+                "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1", **env}  # fmt: skip
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_csv(path) -> dict[str, dict]:
+    with open(path) as f:
+        return {r["variant"]: r for r in csv.DictReader(f)}
+
+
+def steps(client: MlflowClient, run_id: str, metric: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, metric))
+
+
+def test_sweep_with_a_failed_trial_then_resume(tiny_local):
+    proj, root = tiny_local["proj"], tiny_local["root"]
+    db = f"sqlite:///{proj / 'mlflow.db'}"
+    reports = proj / "reports"
+    args = [*TINY, f"storage.root={root}", "prepare.name=tiny", "train.sample_grid=0",
+            "ablate.placements=[baseline, rain-3, rain-4, rain-1]", "ablate.epochs=1", "ablate.decay_epochs=0",
+            "ablate.max_concurrent_trials=2", "ablate.trial_cpus=0.05", "ablate.cpus_per_worker=1",
+            f"ablate.csv_out={reports / 'ablation.csv'}", f"ablate.md_out={reports / 'ablation.md'}",
+            f"ablate.figures_prefix={reports / 'ablation-'}"]  # fmt: skip
+    # A local Ray per command (3 logical CPUs: two 1-CPU trainings and their Tune trials at once).
+    env = {"MLFLOW_TRACKING_URI": db}
+
+    first = run_ablate(proj, args, {**env, "HARMONIZE_ABLATE_FAIL": "rainnet-rain-1"})
+    log = first.stdout[-4000:] + first.stderr[-4000:]
+    assert first.returncode == 1, log  # one variant did not finish
+    rows = read_csv(reports / "ablation.csv")
+    assert list(rows) == ["rainnet-baseline", "rainnet-rain-3", "rainnet-rain-1"], log
+    assert rows["rainnet-rain-3"]["stands_for"] == "rainnet-rain-3;rainnet-rain-4"
+    assert rows["rainnet-rain-3"]["effective_placement"] == "RRR....I...RRR"
+    assert (
+        rows["rainnet-rain-1"]["status"] == "FAILED" and "injected failure" in rows["rainnet-rain-1"]["error"]
+    )
+    for v in ("rainnet-baseline", "rainnet-rain-3"):
+        assert rows[v]["status"] == "FINISHED", log
+        assert (
+            rows[v]["epochs"] == "1" and float(rows[v]["best_psnr"]) > 0 and rows[v]["best_psnr_epoch"] == "1"
+        )
+    md = (reports / "ablation.md").read_text()
+    assert "composite (no harmonization)" in md and "FAILED" in md and "rainnet-rain-4" in md
+    for name in ("type-I", "type-II", "type-III", "families"):
+        assert (reports / f"ablation-{name}.png").read_bytes().startswith(b"\x89PNG")
+
+    client = MlflowClient(db)
+    exp = client.get_experiment_by_name("harmonization-ablation")
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if "ablation_sweep" in r.data.tags]
+    children = {r.data.tags["ablation_variant"]: r for r in runs if "ablation_variant" in r.data.tags}
+    assert set(children) == set(rows)
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children.values())
+    assert children["rainnet-rain-1"].info.status == "FAILED"
+    assert children["rainnet-baseline"].info.status == "FINISHED"
+    c = children["rainnet-rain-3"]
+    assert c.data.params["ablation.placement"] == "rain-3"
+    assert c.data.params["ablation.placement_string"] == "RRRIIIIIIIIRRR"
+    assert c.data.params["ablation.family"] == "rainnet" and c.data.params["ablation.head"] == "pct"
+    assert c.data.params["ablation.stands_for"] == "rainnet-rain-3,rainnet-rain-4"
+    for m in ("val_psnr", "val_mse", "val_fmse"):
+        assert steps(client, c.info.run_id, m) == [1]
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "ablation")}
+    assert {"ablation/ablation.csv", "ablation/ablation.md", "ablation/ablation-type-II.png"} <= logged
+    assert parent.info.status == "FAILED" and parent.data.tags["failed_variants"] == "1"
+
+    # The same command again, no fault: the finished variants are skipped, the failed one resumes.
+    second = run_ablate(proj, args, env)
+    log = second.stdout[-4000:] + second.stderr[-4000:]
+    assert second.returncode == 0, log
+    assert "already finished, not rerun: rainnet-baseline, rainnet-rain-3" in second.stdout + second.stderr
+    rows = read_csv(reports / "ablation.csv")
+    assert [r["status"] for r in rows.values()] == ["FINISHED"] * 3, log
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 4  # the same parent and the same three children
+    again = {r.data.tags["ablation_variant"]: r for r in runs if "ablation_variant" in r.data.tags}
+    assert again["rainnet-rain-1"].info.run_id == children["rainnet-rain-1"].info.run_id
+    assert again["rainnet-rain-1"].info.status == "FINISHED"
+    assert steps(client, again["rainnet-rain-1"].info.run_id, "val_psnr") == [1]  # nothing logged twice
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"

@@ -73,6 +73,24 @@ def find_pairs(folder: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]
     return pairs, missing
 
 
+def _unique_targets(pairs: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Keep one composite per output name (``<stem>.png``); the others are skipped, never overwritten."""
+    seen: dict[str, str] = {}
+    keep, clashes = [], []
+    for comp, mask in pairs:
+        first = seen.setdefault(_stem(comp), comp)
+        if first == comp:
+            keep.append((comp, mask))
+        else:
+            clashes.append((comp, f"same output name {_stem(comp)}.png as {first}; rename one of them"))
+    return keep, clashes
+
+
+def _warn_if_lossy(path: str) -> None:
+    if path.lower().endswith((".jpg", ".jpeg")):
+        log.warning("%s: JPEG is lossy, so background pixels will not be byte-identical; use .png", path)
+
+
 def _stem(path: str) -> str:
     return posixpath.basename(path).rsplit(".", 1)[0]
 
@@ -103,6 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for p in (comp, mask):
             if not storage.is_s3(p) and not Path(p).is_file():
                 raise UserError(f"{p}: file not found")
+        if not storage.is_s3(args.output) and Path(args.output).is_dir():
+            raise UserError(f"-o {args.output}: is a folder; give the output image's file name")
+        if Path(args.output).resolve() in (Path(comp).resolve(), Path(mask).resolve()):
+            raise UserError(f"-o {args.output}: would overwrite an input; choose another file name")
+        _warn_if_lossy(args.output)
         harmonizer = _load(cfg)
         try:
             out = harmonizer.harmonize_files(comp, mask)
@@ -116,11 +139,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     folder = args.inputs[0]
     if not storage.is_s3(folder) and not Path(folder).is_dir():
         raise UserError(f"{folder}: not a folder (give COMPOSITE MASK for a single image)")
+    if not storage.is_s3(args.output):
+        out_dir = Path(args.output)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UserError(f"-o {args.output}: is a file; batch mode writes into a folder")
+        if out_dir.resolve() == Path(folder).resolve():
+            raise UserError(f"-o {args.output}: is the input folder; the outputs would overwrite composites")
     pairs, skipped = find_pairs(folder)
     if not pairs:
         raise UserError(
             f"{folder}: no (composite, mask) pairs found; {len(skipped)} composite(s) without a mask"
         )
+    pairs, clashes = _unique_targets(pairs)
+    skipped += clashes
     harmonizer = _load(cfg)
     from tqdm import tqdm
 

@@ -180,3 +180,42 @@ def test_cli_exit_codes_and_batch_mode(generators, tmp_path):
         cwd=REPO,
     )
     assert res.returncode == 2 and "nope.pt" in res.stderr
+
+
+def test_harmonize_never_overwrites_inputs_or_outputs(generators, tmp_path, caplog):
+    """Same-named composites, -o onto the inputs, -o of the wrong kind, full and 0/1 label masks."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _pair(folder, "a")
+    Image.open(folder / "a.jpg").save(folder / "a.png")  # a.jpg and a.png would both write out/a.png
+    model = ["--params", PARAMS, "-m", generators["strong"]["path"]]
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    with pytest.raises(UserError, match="is the input folder"):
+        cli.main([*model, str(folder), "-o", str(folder)])
+    (tmp_path / "file.png").write_bytes(b"x")
+    with pytest.raises(UserError, match="is a file"):
+        cli.main([*model, str(folder), "-o", str(tmp_path / "file.png")])
+    with pytest.raises(UserError, match="is a folder"):
+        cli.main([*model, str(folder / "a.jpg"), str(folder / "a_mask.png"), "-o", str(tmp_path)])
+    with pytest.raises(UserError, match="would overwrite an input"):
+        cli.main([*model, str(folder / "a.jpg"), str(folder / "a_mask.png"), "-o", str(folder / "a.jpg")])
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing touched
+
+    out = tmp_path / "out"
+    assert cli.main([*model, str(folder), "-o", str(out)]) == 1  # one of the two skipped, reported
+    assert [p.name for p in out.iterdir()] == ["a.png"]
+
+    full = np.full((40, 60), 255, np.uint8)
+    Image.fromarray(full).save(folder / "a_mask.png")
+    with pytest.raises(UserError, match="full mask"):
+        cli.main([*model, str(folder / "a.jpg"), str(folder / "a_mask.png"), "-o", str(tmp_path / "f.png")])
+    labels = np.zeros((40, 60), np.uint8)
+    labels[10:30, 10:40] = 1  # a 0/1 label image is a mask, not an empty one
+    Image.fromarray(labels).save(folder / "a_mask.png")
+    with caplog.at_level("WARNING", logger="harmonize"):
+        code = cli.main(
+            [*model, str(folder / "a.jpg"), str(folder / "a_mask.png"), "-o", str(tmp_path / "l.jpg")]
+        )
+    assert code == 0 and (tmp_path / "l.jpg").is_file()
+    assert "not be byte-identical" in caplog.text  # JPEG output: warned

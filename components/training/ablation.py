@@ -379,7 +379,7 @@ def markdown(rows: list[dict], info: dict, composite: dict | None) -> str:
         "",
         f"Sweep key `{info['key']}`, MLflow parent run `{info['parent_run_id']}` (experiment "
         f"`{info['experiment']}`). Data `{info['dataset']}` ({info['image_size']}x{info['image_size']}), "
-        f"{info['epochs']} epochs per variant, seed {info['seed']}. Validation metrics per image on 0..255, "
+        f"{info['epochs']} epoch(s) per variant, seed {info['seed']}. Validation metrics per image on 0..255, "
         "PSNR peak 255; best PSNR is the highest epoch, best MSE / fMSE the lowest.",
         "",
         f"Command: `{info['command']}`",
@@ -425,7 +425,14 @@ def figure(title: str, curves_by_variant: dict[str, list[dict]], references: dic
             ax.plot([r["epoch"] for r in hist], [r["val_psnr"] for r in hist], marker="o", ms=3, label=name)
     for name, hist in references.items():
         if hist and name not in curves_by_variant:
-            ax.plot([r["epoch"] for r in hist], [r["val_psnr"] for r in hist], ls="--", label=name)
+            ax.plot(
+                [r["epoch"] for r in hist],
+                [r["val_psnr"] for r in hist],
+                ls="--",
+                marker="x",
+                ms=4,
+                label=name,
+            )
     if not any(curves_by_variant.values()):
         ax.text(
             0.5, 0.5, "no finished variant of this kind in the sweep", ha="center", transform=ax.transAxes
@@ -443,16 +450,23 @@ def figure(title: str, curves_by_variant: dict[str, list[dict]], references: dic
     return buf.getvalue()
 
 
+def _label(v: Variant) -> str:
+    others = [n.removeprefix(f"{v.family}-") for n in v.stands_for if n != v.id]
+    return v.id + (f" (= {', '.join(others)})" if others else "")
+
+
 def figures(variants: list[Variant], histories: dict[str, list[dict]]) -> dict[str, bytes]:
     """``{"type-I": png, "type-II": ..., "type-III": ..., "families": ...}``: always all four."""
     refs = {
-        v.id: histories.get(v.id, []) for v in variants if v.family == "rainnet" and v.placement in REFERENCES
+        _label(v): histories.get(v.id, [])
+        for v in variants
+        if v.family == "rainnet" and v.placement in REFERENCES
     }
     out = {}
     for t in ("I", "II", "III"):
-        chosen = {v.id: histories.get(v.id, []) for v in variants if v.type == t}
+        chosen = {_label(v): histories.get(v.id, []) for v in variants if v.type == t}
         out[f"type-{t}"] = figure(f"Type {t} placements: validation PSNR", chosen, refs)
-    fam = {v.id: histories.get(v.id, []) for v in variants if v.family != "rainnet"}
+    fam = {_label(v): histories.get(v.id, []) for v in variants if v.family != "rainnet"}
     out["families"] = figure("DIH vs DIH + RAIN: validation PSNR", fam, {})
     return out
 

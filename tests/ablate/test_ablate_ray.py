@@ -42,10 +42,10 @@ def test_sweep_with_a_failed_trial_then_resume(tiny_local):
     reports = proj / "reports"
     args = [*TINY, f"storage.root={root}", "prepare.name=tiny", "train.sample_grid=0",
             "ablate.placements=[baseline, rain-3, rain-4, rain-1]", "ablate.epochs=1", "ablate.decay_epochs=0",
-            "ablate.max_concurrent_trials=2", "ablate.trial_cpus=0.05", "ablate.cpus_per_worker=1",
+            "ablate.max_concurrent_trials=3", "ablate.trial_cpus=0.05", "ablate.cpus_per_worker=1",
             f"ablate.csv_out={reports / 'ablation.csv'}", f"ablate.md_out={reports / 'ablation.md'}",
             f"ablate.figures_prefix={reports / 'ablation-'}"]  # fmt: skip
-    # A local Ray per command (3 logical CPUs: two 1-CPU trainings and their Tune trials at once).
+    # A local Ray per command, sized for the three 1-CPU trainings and their Tune trials at once.
     env = {"MLFLOW_TRACKING_URI": db}
 
     first = run_ablate(proj, args, {**env, "HARMONIZE_ABLATE_FAIL": "rainnet-rain-1"})

@@ -30,7 +30,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Experiment, Param, Run
 from mlflow.exceptions import MlflowException
 
-from components.config import flatten
+from components.config import flatten, main_workspace
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,13 @@ _configured: str | None = None  # the URI of the last configure() in this proces
 
 
 def project_root(start: str | Path | None = None) -> Path:
-    """Nearest directory at or above ``start`` (default: cwd) holding ``params.yaml``; else ``start``."""
+    """Nearest directory at or above ``start`` (default: cwd) holding ``params.yaml``; else ``start``.
+
+    Inside a DVC temporary workspace (``dvc exp run --temp`` / ``--queue``) it is the project itself."""
     here = Path(start or os.getcwd()).resolve()
+    main = main_workspace(here)  # a DVC experiment's temporary workspace tracks into its project
+    if main is not None and (main / "params.yaml").is_file():
+        return main
     for d in (here, *here.parents):
         if (d / "params.yaml").is_file():
             return d

@@ -29,6 +29,7 @@ TINY = [
     "train.cpus_per_worker=1",
     "train.log_every_steps=2",
     "train.sample_grid=2",
+    "train.keep=last",  # tests check the last epoch's model
 ]
 
 

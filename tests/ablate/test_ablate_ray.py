@@ -13,6 +13,7 @@ import subprocess
 import pytest
 from mlflow import MlflowClient
 
+from components.config import load_params
 from tests.train.conftest import PY, REPO, TINY
 
 pytestmark = pytest.mark.slow
@@ -80,7 +81,8 @@ def test_sweep_with_a_failed_trial_then_resume(tiny_local):
     c = children["rainnet-rain-3"]
     assert c.data.params["ablation.placement"] == "rain-3"
     assert c.data.params["ablation.placement_string"] == "RRRIIIIIIIIRRR"
-    assert c.data.params["ablation.family"] == "rainnet" and c.data.params["ablation.head"] == "pct"
+    default_head = load_params(REPO / "params.yaml").model.generator["head"]  # ablate.heads null: this one
+    assert c.data.params["ablation.family"] == "rainnet" and c.data.params["ablation.head"] == default_head
     assert c.data.params["ablation.stands_for"] == "rainnet-rain-3,rainnet-rain-4"
     for m in ("val_psnr", "val_mse", "val_fmse"):
         assert steps(client, c.info.run_id, m) == [1]

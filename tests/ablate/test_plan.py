@@ -31,8 +31,9 @@ def test_effective_placement_matches_the_layers_the_network_builds(size):
 
 
 def test_all_of_table_1_at_256_is_17_networks_and_fewer_below():
-    assert [v.placement for v in ablation.plan(params(), 256)] == list(PLACEMENTS)
-    at32 = ablation.plan(params(), 32)
+    everything = params("ablate.placements=null")
+    assert [v.placement for v in ablation.plan(everything, 256)] == list(PLACEMENTS)
+    at32 = ablation.plan(everything, 32)
     merged = {v.id: v.stands_for for v in at32 if len(v.stands_for) > 1}
     assert merged["rainnet-rain-3"] == [
         "rainnet-rain-3",
@@ -43,11 +44,11 @@ def test_all_of_table_1_at_256_is_17_networks_and_fewer_below():
     assert merged["rainnet-rain-decoder-3"] == ["rainnet-rain-decoder-3", "rainnet-rain-decoder-4"]
     assert sum(len(v.stands_for) for v in at32) == 17
     assert len({(v.effective, v.head) for v in at32}) == len(at32)
-    at64 = ablation.plan(params(), 64)
+    at64 = ablation.plan(everything, 64)
     assert [v.stands_for for v in at64 if len(v.stands_for) > 1] == [
         ["rainnet-rain-4", "rainnet-rain-5", "rainnet-rain-6"]
     ]
-    types = {v.placement: v.type for v in ablation.plan(params(), 256)}
+    types = {v.placement: v.type for v in ablation.plan(everything, 256)}
     assert types["rain-decoder-2"] == "I" and types["rain-5"] == "II" and types["rain-inner-4"] == "III"
     assert types["baseline"] == types["all-rain"] == "-"
 

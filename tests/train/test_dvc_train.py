@@ -40,19 +40,25 @@ def clone_working_tree(dest: Path) -> None:
             shutil.copy2(src, dest / rel)
 
 
-def test_dvc_repro_train_then_metrics_and_plots(tmp_path):
-    clone = tmp_path / "clone"
+def tiny_project(clone: Path, **train: object) -> dict[str, str]:
+    """A copy of the working tree with tiny params (``train`` overrides on top); returns the env to run it."""
     clone_working_tree(clone)
     params = yaml.safe_load((clone / "params.yaml").read_text())
     params["prepare"].update(image_size=32, crops_per_photo=2, val_fraction=0.3, test_fraction=0.2,
                              sources=[{"kind": "builtin", "limit": 10}])  # fmt: skip
     params["model"]["generator"]["ngf"] = 4
     params["train"].update(epochs=1, decay_epochs=0, batch_size=4, num_workers=1, cpus_per_worker=1,
-                           log_every_steps=2)  # fmt: skip
+                           log_every_steps=2, **train)  # fmt: skip
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_", "RAY_ADDRESS"))}
     env.update(PATH=f"{BIN}:{env.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0", GIT_AUTHOR_NAME="t",
                GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")  # fmt: skip
+    return env
+
+
+def test_dvc_repro_train_then_metrics_and_plots(tmp_path):
+    clone = tmp_path / "clone"
+    env = tiny_project(clone)
     sh(["git", "init", "-q"], clone, env)
     sh(["git", "add", "-A"], clone, env)
     sh(["git", "commit", "-q", "-m", "clone"], clone, env)

@@ -26,7 +26,6 @@ from components.data.images import InputError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = iharmony4.IMAGE_EXTS
 PER_IMAGE_COLUMNS = (
     "path", "subset", "method", "width", "height", "fg_ratio", "mse", "psnr", "fmse", "fpsnr",
     "composite_mse", "composite_psnr", "composite_fmse", "composite_fpsnr",
@@ -104,7 +103,7 @@ def load_sample(sample: Sample, s3=None) -> tuple[np.ndarray, np.ndarray, np.nda
     """(composite uint8 (H, W, 3), mask alpha uint8 (H, W), real) at native resolution; errors name the file."""
 
     def read(src: str | bytes) -> tuple[bytes, str]:
-        return (src, sample.path) if isinstance(src, bytes) else (images._read(src, s3), src)
+        return (src, sample.path) if isinstance(src, bytes) else (images.read_file_bytes(src, s3), src)
 
     comp = images.decode_image(*read(sample.composite))
     mask = images.decode_mask(*read(sample.mask), soft=True)

@@ -133,15 +133,16 @@ def _check_coverage(mask: np.ndarray, name: str) -> np.ndarray:
 
 def read_image(uri: str, max_pixels: int | None = None, s3=None) -> np.ndarray:
     """A local path or ``s3://`` URI -> uint8 (H, W, 3); any failure is an ``InputError`` naming the file."""
-    return decode_image(_read(uri, s3), uri, max_pixels=max_pixels)
+    return decode_image(read_file_bytes(uri, s3), uri, max_pixels=max_pixels)
 
 
 def read_mask(uri: str, max_pixels: int | None = None, s3=None, soft: bool = True) -> np.ndarray:
     """A mask file -> uint8 alpha (H, W) 0..255 (``soft``) or bool; errors name the file."""
-    return decode_mask(_read(uri, s3), uri, max_pixels=max_pixels, soft=soft)
+    return decode_mask(read_file_bytes(uri, s3), uri, max_pixels=max_pixels, soft=soft)
 
 
-def _read(uri: str, s3=None) -> bytes:
+def read_file_bytes(uri: str, s3=None) -> bytes:
+    """A local path or ``s3://`` URI's bytes; a failure is an ``InputError`` naming the file."""
     from components import storage
 
     try:

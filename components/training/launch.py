@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +38,10 @@ from components.cli import UserError
 from components.config import Params
 from components.data import shards
 from components.models import losses
-from components.training import engine
+from components.training import engine, remote
 from components.training.loop import FAULT_ENV, read_state, train_loop_per_worker
-from components.training.mlflow_logging import find_or_create_run
+from components.training.mlflow_logging import find_or_create_run, training_dataset
+from components.training.preflight import check_bucket, check_cluster_gpus, check_local_gpus
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +51,18 @@ RESUMABLE_KEYS = {
     "max_failures", "log_every_steps", "sample_grid", "checkpoints_to_keep", "amp",
     "weights_out", "metrics_out", "plots_out", "keep",
 }  # fmt: skip
-# Variables the workers need when they run on other machines (credentials, endpoints, tracking).
-FORWARD_ENV_PREFIXES = ("AWS_", "MLFLOW_", "HARMONIZE_")
+# Non-secret settings the workers need when they run on other machines (endpoints, region, tracking).
+# Only these go into the Ray runtime env, which Ray writes to world-readable logs and returns from its
+# job API: credentials never travel with a job, every node has its own (its environment, a Kubernetes
+# Secret, an instance role).
+FORWARD_ENV = (
+    "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+    "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_S3_ENDPOINT_URL",
+    "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL",
+)  # fmt: skip
+FORWARD_ENV_PREFIXES = ("HARMONIZE_",)  # the project's own switches (fault drills, photo index)
+# Never forwarded, whatever the lists above say: names that hold credentials.
+SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|PRIVATE|AUTH", re.I)
 CSV_COLUMNS = (
     "epoch", "step", "val_mse", "val_psnr", "val_fmse", "val_fpsnr",
     "composite_mse", "composite_psnr", "composite_fmse", "composite_fpsnr",
@@ -162,7 +174,12 @@ def init_ray(params: Params) -> None:
 
 
 def forwarded_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV_PREFIXES)}
+    """The allow-listed, non-secret variables of this process for the workers' runtime env."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if (k in FORWARD_ENV or k.startswith(FORWARD_ENV_PREFIXES)) and not SECRET_NAME.search(k)
+    }
 
 
 def make_trainer(
@@ -305,6 +322,7 @@ def check_inputs(params: Params) -> Inputs:
     validate(params)
     t = params.train
     s3 = storage.S3Options.from_config(params.storage)
+    check_bucket(params.storage.root, s3)
     train_uris, val_uris = find_shards(params, s3)
     n_train = count_rows(train_uris, s3)
     if n_train // t.num_workers < t.batch_size:
@@ -359,6 +377,7 @@ def train(
     run_id, resumed = find_or_create_run(
         t.experiment, run_name, key, run_tags, params,
         extra_params={"generator_spec": gen_spec, **(extra_params or {})},
+        dataset=training_dataset(params, dataset_name(params), data_hash),
     )  # fmt: skip
     log.info("train key %s, MLflow run %s (%s)", key, run_id, "resumed" if resumed else "new")
 
@@ -461,8 +480,11 @@ def write_outputs(params: Params, res: TrainResult) -> dict[str, Any]:
 def run(params: Params) -> dict[str, Any]:
     """The ``train`` stage: train (or resume) as ``params`` say on a local Ray (or ``RAY_ADDRESS``), then
     write the stage files; returns the summary written to ``train.metrics_out``."""
+    remote.check_shared(params.storage.root)  # a job's runs must land where they are kept
     inputs = check_inputs(params)  # before Ray starts: a missing dataset or a bad spec fails in a second
+    check_local_gpus(params.train)
     init_ray(params)
+    check_cluster_gpus(params.train)  # before the MLflow run exists: none is left RUNNING
     res = train(params, inputs=inputs)
     out = write_outputs(params, res)
     if os.environ.get(FAULT_ENV):

@@ -40,8 +40,7 @@ from components.data import shards
 from components.models import losses
 from components.training import engine, remote
 from components.training.loop import FAULT_ENV, read_state, train_loop_per_worker
-from components.training.mlflow_logging import find_or_create_run, training_dataset
-from components.training.preflight import check_bucket, check_cluster_gpus, check_local_gpus
+from components.training.mlflow_logging import find_or_create_run
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +321,6 @@ def check_inputs(params: Params) -> Inputs:
     validate(params)
     t = params.train
     s3 = storage.S3Options.from_config(params.storage)
-    check_bucket(params.storage.root, s3)
     train_uris, val_uris = find_shards(params, s3)
     n_train = count_rows(train_uris, s3)
     if n_train // t.num_workers < t.batch_size:
@@ -377,7 +375,6 @@ def train(
     run_id, resumed = find_or_create_run(
         t.experiment, run_name, key, run_tags, params,
         extra_params={"generator_spec": gen_spec, **(extra_params or {})},
-        dataset=training_dataset(params, dataset_name(params), data_hash),
     )  # fmt: skip
     log.info("train key %s, MLflow run %s (%s)", key, run_id, "resumed" if resumed else "new")
 
@@ -482,9 +479,7 @@ def run(params: Params) -> dict[str, Any]:
     write the stage files; returns the summary written to ``train.metrics_out``."""
     remote.check_shared(params.storage.root)  # a job's runs must land where they are kept
     inputs = check_inputs(params)  # before Ray starts: a missing dataset or a bad spec fails in a second
-    check_local_gpus(params.train)
     init_ray(params)
-    check_cluster_gpus(params.train)  # before the MLflow run exists: none is left RUNNING
     res = train(params, inputs=inputs)
     out = write_outputs(params, res)
     if os.environ.get(FAULT_ENV):

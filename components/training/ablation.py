@@ -42,7 +42,7 @@ from components.cli import UserError
 from components.config import Params
 from components.models.rainnet import PLACEMENTS, num_blocks_for, resolve_placement, slot_map
 from components.models.registry import allowed_arguments, build_model
-from components.training import launch
+from components.training import launch, remote
 from components.training.loop import FAULT_ENV
 
 log = logging.getLogger(__name__)
@@ -517,6 +517,7 @@ def run(params: Params, command: str = "python -m pipeline.ablate") -> dict[str,
     """Plan, run the missing trials on Ray Tune, then write the table, Markdown and figures."""
     from mlflow import MlflowClient
 
+    remote.check_shared(params.storage.root)  # a job's trials must track and checkpoint where kept
     params = absolute_paths(params)
     a = params.ablate
     if a.max_concurrent_trials < 1:

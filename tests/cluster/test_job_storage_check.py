@@ -44,12 +44,13 @@ def test_rule(monkeypatch, env, root, uri, bad):
         remote.check_shared(root, uri)
 
 
-def test_train_in_a_job_with_the_laptop_defaults_exits_2_before_any_work(tmp_path):
+@pytest.mark.parametrize("stage", ["pipeline.train", "pipeline.ablate"])
+def test_a_stage_in_a_job_with_the_laptop_defaults_exits_2_before_any_work(tmp_path, stage):
     """What a user sees after `ray job submit -- python -m pipeline.train` with params.yaml's defaults."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
     env.update(JOB, PYTHONPATH=str(REPO))
     proj = project_dir(tmp_path / "job")  # what Ray unpacks: the project's params.yaml and code
-    proc = subprocess.run([sys.executable, "-m", "pipeline.train"], cwd=proj, env=env,
+    proc = subprocess.run([sys.executable, "-m", stage], cwd=proj, env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

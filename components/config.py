@@ -85,6 +85,7 @@ class PrepareConfig:
     rows_per_row_group: int = 64
     shard_max_mb: float = 256.0  # a shard is closed at rows_per_shard rows or this many MB of images
     processes: int = 1
+    max_pixels: int = 64_000_000  # larger input images are skipped (counted as too_large in the card)
     card: str = "metrics/dataset_card.json"
     manifest: str = "data/prepared/manifest.json"
     samples_png: str = "reports/prepare_samples.png"

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import heapq
 import io
 import logging
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -69,29 +71,43 @@ def iharmony4_samples(root: str, split: str = "test", s3=None) -> list[Sample]:
     return samples
 
 
-def shard_samples(root: str, dataset: str, split: str = "test", s3=None) -> list[Sample]:
-    """Rows of the ``prepare`` shards of a split as samples (encoded images kept in memory)."""
-    import pyarrow.parquet as pq
+class ShardSamples:
+    """The rows of a split of a published dataset as samples, streamed one row group at a time: only a
+    row group's encoded images are in memory, whatever the split's size."""
 
-    from components.data.shards import shard_uris
+    COLUMNS = ["sample_id", "subset", "composite", "mask", "real", "method"]
 
-    uris = shard_uris(root, dataset, split, s3=s3)
-    if not uris:
-        raise InputError(f"{storage.join(root, 'datasets', dataset)}: no {split} shards (run prepare first)")
-    samples = []
-    for uri in uris:
-        fs, path = storage.filesystem(uri, s3)
-        names = pq.read_schema(path, filesystem=fs).names
-        cols = ["sample_id", "subset", "composite", "mask", "real"] + (["method"] if "method" in names else [])
-        table = pq.read_table(path, filesystem=fs, columns=cols)
-        for row in table.to_pylist():
-            samples.append(
-                Sample(
-                    row["sample_id"], row["subset"], row["composite"], row["mask"], row["real"],
-                    row.get("method") or "",
-                )
+    def __init__(self, dataset, split: str):
+        self.dataset, self.split = dataset, split
+
+    def __len__(self) -> int:
+        return self.dataset.rows(self.split)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for row in self.dataset.iter_rows(self.split, self.COLUMNS):
+            yield Sample(
+                row["sample_id"], row["subset"], row["composite"], row["mask"], row["real"],
+                row.get("method") or "",
             )  # fmt: skip
-    return samples
+
+    def keys(self) -> list[tuple[str, str]]:
+        """(subset, path) of every sample, without reading the images."""
+        return [(r["subset"], r["sample_id"]) for r in self.dataset.iter_rows(self.split, ["sample_id", "subset"])]
+
+
+def shard_samples(root: str, dataset: str, split: str = "test", s3=None) -> ShardSamples:
+    """The ``prepare`` shards of a split (opened and verified through the dataset's manifest)."""
+    from components.data.dataset import open_dataset
+
+    ds = open_dataset(root, dataset, s3)
+    if not ds.rows(split):
+        raise InputError(f"{ds.dir}: no {split} shards in the published dataset (run prepare first)")
+    return ShardSamples(ds, split)
+
+
+def sample_keys(samples) -> list[tuple[str, str]]:
+    """(subset, path) of every sample of a list or a :class:`ShardSamples`."""
+    return samples.keys() if isinstance(samples, ShardSamples) else [(s.subset, s.path) for s in samples]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -116,10 +132,19 @@ def load_sample(sample: Sample, s3=None) -> tuple[np.ndarray, np.ndarray, np.nda
     return comp, mask, real
 
 
-def iter_loaded(samples: list[Sample], s3=None, threads: int = 4) -> Iterator[tuple[Sample, tuple]]:
-    """(sample, (composite, mask, real)) in order; files are read by a thread pool ahead of use."""
+def iter_loaded(samples: Iterable[Sample], s3=None, threads: int = 4) -> Iterator[tuple[Sample, tuple]]:
+    """(sample, (composite, mask, real)) in order; a thread pool reads at most ``2 * threads`` samples
+    ahead of use, so memory does not grow with the number of samples."""
+    ahead: deque = deque()
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        yield from zip(samples, pool.map(lambda s: load_sample(s, s3), samples), strict=True)
+        for sample in samples:
+            ahead.append((sample, pool.submit(load_sample, sample, s3)))
+            if len(ahead) >= 2 * threads:
+                done, future = ahead.popleft()
+                yield done, future.result()
+        while ahead:
+            done, future = ahead.popleft()
+            yield done, future.result()
 
 
 def _scores(pred: np.ndarray, real: np.ndarray, mask: np.ndarray, prefix: str = "") -> dict:
@@ -146,7 +171,7 @@ def score_sample(predictor, sample: Sample, loaded: tuple) -> dict:
     return row
 
 
-def evaluate(predictor, samples: list[Sample], s3=None, progress: bool = True) -> list[dict]:
+def evaluate(predictor, samples: Iterable[Sample], s3=None, progress: bool = True) -> list[dict]:
     """Per-image rows (``score_sample``) for every sample, through the predictor users get."""
     from tqdm import tqdm
 
@@ -157,12 +182,12 @@ def evaluate(predictor, samples: list[Sample], s3=None, progress: bool = True) -
     return rows
 
 
-def showcase(predictor, samples: list[Sample], count: int, s3=None, label: str = "output") -> bytes:
+def showcase(predictor, samples: Iterable[Sample], count: int, s3=None, label: str = "output") -> bytes:
     """PNG: the first ``count`` test images (by a hash of their path) as composite | mask | output | real,
     each at its native size through the predictor."""
     from components.showcase import Row, showcase_png
 
-    chosen = sorted(samples, key=lambda s: hashlib.sha256(s.path.encode()).hexdigest())[:count]
+    chosen = heapq.nsmallest(count, samples, key=lambda s: hashlib.sha256(s.path.encode()).hexdigest())
     rows = [Row(s.path, *load_sample(s, s3)) for s in chosen]
     return showcase_png(rows, {label: predictor})
 
@@ -204,13 +229,13 @@ def by_method(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
-def test_set_id(samples: list[Sample], extra: str = "") -> str:
+def test_set_id(samples, extra: str = "") -> str:
     """A short hash of what was evaluated (image paths, dataset hash): equal ids, comparable metrics.
 
     Scores are at native resolution, so the network's size is not part of the test set."""
     h = hashlib.sha256(f"native\n{extra}\n".encode())
-    for s in sorted(samples, key=lambda s: s.path):
-        h.update(f"{s.subset}\t{s.path}\n".encode())
+    for subset, path in sorted(sample_keys(samples), key=lambda k: k[1]):
+        h.update(f"{subset}\t{path}\n".encode())
     return h.hexdigest()[:16]
 
 

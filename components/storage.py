@@ -57,12 +57,42 @@ def filesystem(uri: str, s3: S3Options | None = None) -> tuple[pafs.FileSystem, 
     return pafs.LocalFileSystem(), str(Path(uri).absolute())
 
 
+TIMEOUT_ENV = "HARMONIZE_S3_TIMEOUT_S"  # connect / read timeout of boto3 calls (default: botocore's 60 s)
+
+
 def boto3_client(s3: S3Options | None = None):
-    """A boto3 S3 client honouring the configured endpoint (for buckets, listing, small objects)."""
+    """A boto3 S3 client honouring the configured endpoint (for buckets, listing, uploads).
+
+    ``HARMONIZE_S3_TIMEOUT_S`` shortens its timeouts (a stalled server fails the call instead of hanging).
+    """
     import boto3
+    from botocore.config import Config
 
     s3 = s3 or S3Options()
-    return boto3.client("s3", endpoint_url=s3.resolved_endpoint(), region_name=s3.region)
+    timeout = float(os.environ.get(TIMEOUT_ENV) or 60)
+    config = Config(connect_timeout=timeout, read_timeout=timeout)
+    return boto3.client("s3", endpoint_url=s3.resolved_endpoint(), region_name=s3.region, config=config)
+
+
+def _bucket_key(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    return bucket, key
+
+
+def abort_multipart_uploads(prefix: str, s3: S3Options | None = None, before: float | None = None) -> list[str]:
+    """Abort the unfinished multipart uploads under an ``s3://`` prefix (begun before ``before``, a Unix
+    time, when given): the parts of an upload whose writer died stay billed and invisible otherwise.
+    Returns the aborted objects' URIs."""
+    client = boto3_client(s3)
+    bucket, key = _bucket_key(prefix)
+    aborted = []
+    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=key):
+        for up in page.get("Uploads", []):
+            if before is not None and up["Initiated"].timestamp() >= before:
+                continue
+            client.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+            aborted.append(f"s3://{bucket}/{up['Key']}")
+    return aborted
 
 
 def exists(uri: str, s3: S3Options | None = None) -> bool:
@@ -104,13 +134,23 @@ def read_bytes(uri: str, s3: S3Options | None = None) -> bytes:
 def write_bytes_atomic(uri: str, data: bytes, s3: S3Options | None = None) -> None:
     """Write to a temporary name, then rename: readers never see half a file.
 
-    On S3 an object only appears once its upload completes, which gives the same guarantee.
+    On S3 an object only appears once its upload completes, which gives the same guarantee; boto3's
+    transfer manager aborts a multipart upload that fails (``abort_multipart_uploads`` sweeps those
+    whose abort could not reach the server).
     """
-    fs, path = filesystem(uri, s3)
     if is_s3(uri):  # S3 has no folders to create (create_dir would leave empty marker objects)
-        with fs.open_output_stream(path) as f:
-            f.write(data)
+        import io
+
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, key = _bucket_key(uri)
+        try:
+            boto3_client(s3).upload_fileobj(io.BytesIO(data), bucket, key)
+        except (Boto3Error, BotoCoreError, ClientError) as exc:
+            raise OSError(f"{uri}: upload failed ({exc})") from exc
         return
+    fs, path = filesystem(uri, s3)
     parent = os.path.dirname(path)
     if parent:
         fs.create_dir(parent, recursive=True)

@@ -27,6 +27,7 @@ from components.cli import UserError
 from components.config import PrepareConfig, StorageConfig
 from components.data import images, masks, shards, synthesis
 from components.data.card import CardBuilder
+from components.data.dataset import DatasetWriter
 from components.data.grid import sample_grid
 from components.data.images import BadInput
 from components.data.sources import (
@@ -96,6 +97,7 @@ def _load_base(task: tuple[str, Entry, dict, dict]) -> Outcome:
     _, entry, blobs, opt = task
     resize_image, resize_mask = _resizers(entry.split, opt)
     notes: list = []
+    px = opt["max_pixels"]
     try:
         if entry.kind == "builtin":
             y0, y1, x0, x1 = entry.payload["box"]
@@ -105,14 +107,14 @@ def _load_base(task: tuple[str, Entry, dict, dict]) -> Outcome:
                 return Outcome(skip=Skip("no_object_mask", entry.key, "no object-like mask in the area band"))
         elif "extra_mask" in entry.payload:  # photos_masks, train: a mask grown from the photo itself
             # conversions of the photo are noted once, by its hand-drawn-mask entry
-            real = resize_image(images.decode_image(blobs["photo"], entry.payload["photo"], []))
+            real = resize_image(images.decode_image(blobs["photo"], entry.payload["photo"], [], px))
             rng = rng_for(opt["seed"], "extra_mask", entry.key, entry.payload["extra_mask"])
             mask = masks.object_mask(real, rng, *opt["fg_ratio"])
             if mask is None:
                 return Outcome(skip=Skip("no_object_mask", entry.key, "no object-like mask in the area band"))
         else:
-            photo = images.decode_image(blobs["photo"], entry.payload["photo"], notes)
-            mask = images.decode_mask(blobs["mask"], entry.payload["mask"], notes)
+            photo = images.decode_image(blobs["photo"], entry.payload["photo"], notes, px)
+            mask = images.decode_mask(blobs["mask"], entry.payload["mask"], notes, max_pixels=px)
             images.check_same_size(photo, mask, entry.payload["photo"], entry.payload["mask"])
             real, mask = resize_image(photo), resize_mask(mask)
             if not mask.any() or mask.all():
@@ -158,12 +160,12 @@ def _make_row(task: tuple) -> Outcome:
         comp, method, mse, strength = out
         return Outcome(_row(base.entry, sample_id, method, comp, base.mask, base.real, mse, strength))
     _, entry, blobs, opt = task
-    p, notes = entry.payload, []
+    p, notes, px = entry.payload, [], opt["max_pixels"]
     resize_image, resize_mask = _resizers(entry.split, opt)
     try:
-        comp = images.decode_image(blobs["composite"], p["composite"], notes)
-        real = images.decode_image(blobs["real"], p["real"], notes)
-        mask = images.decode_mask(blobs["mask"], p["mask"], notes)
+        comp = images.decode_image(blobs["composite"], p["composite"], notes, px)
+        real = images.decode_image(blobs["real"], p["real"], notes, px)
+        mask = images.decode_mask(blobs["mask"], p["mask"], notes, max_pixels=px)
         if comp.shape != real.shape:
             raise BadInput("size_mismatch", p["composite"], f"composite vs real {p['real']}")
         images.check_same_size(real, mask, p["real"], p["mask"])
@@ -278,7 +280,9 @@ def _references(pool: list[synthesis.ObjectStats], scene: str, rng) -> list[synt
 
 
 def prepare_dataset(cfg: PrepareConfig, storage_cfg: StorageConfig, progress: bool = True) -> PrepareResult:
-    """Write the shards under ``<storage.root>/datasets/<name>/``; return the card, manifest and grid."""
+    """Write a new version of ``<storage.root>/datasets/<name>/`` and publish it (its manifest is
+    written last, in one step: an interrupted run leaves the previous dataset whole); return the card,
+    the manifest and the sample grid."""
     _check_config(cfg)
     s3 = S3Options.from_config(storage_cfg)
     listings = _list_sources(cfg, s3)
@@ -312,20 +316,12 @@ def prepare_dataset(cfg: PrepareConfig, storage_cfg: StorageConfig, progress: bo
         "holdout_methods": list(cfg.holdout_methods),
         "test_max_side": cfg.test_max_side,
         "fg_mse": (cfg.fg_mse_min, cfg.fg_mse_max),
+        "max_pixels": cfg.max_pixels,
     }
     base_entries = [e for e in entries if e.kind != "iharmony4"]
-    writers = {
-        split: shards.ShardWriter(
-            storage_cfg.root,
-            cfg.name,
-            split,
-            cfg.rows_per_shard,
-            cfg.rows_per_row_group,
-            int(cfg.shard_max_mb * 2**20),
-            s3,
-        )  # fmt: skip
-        for split in SPLITS
-    }
+    writer = DatasetWriter(
+        storage_cfg.root, cfg.name, cfg.rows_per_shard, cfg.rows_per_row_group, int(cfg.shard_max_mb * 2**20), s3
+    )
     card, grid_rows = CardBuilder(), []
     with _mapper(cfg.processes) as imap:
         bases: list[Base] = []
@@ -363,7 +359,7 @@ def prepare_dataset(cfg: PrepareConfig, storage_cfg: StorageConfig, progress: bo
             for outcome in tqdm(results, total=len(work), desc=f"composites {split}", disable=not progress):
                 record(outcome)
                 if outcome.value is not None:
-                    writers[split].add(outcome.value)
+                    writer.add(outcome.value)
                     card.add(outcome.value)
                     if sum(r["split"] == split for r in grid_rows) < GRID_PER_SPLIT:
                         grid_rows.append(outcome.value)
@@ -371,10 +367,6 @@ def prepare_dataset(cfg: PrepareConfig, storage_cfg: StorageConfig, progress: bo
         raise UserError(
             f"prepare: nothing usable left from {len(cfg.sources)} source(s); skipped by reason: {dict(skipped)}"
         )
-    written = [info for split in SPLITS for info in writers[split].close()]
-    removed = shards.remove_stale(storage_cfg.root, cfg.name, [i.uri for i in written], s3)
-    for uri in removed:
-        log.info("removed stale shard %s", uri)
     for split in SPLITS:
         if card.splits[split] == 0:
             log.warning("split %s is empty", split)
@@ -407,22 +399,8 @@ def prepare_dataset(cfg: PrepareConfig, storage_cfg: StorageConfig, progress: bo
         skipped=dict(sorted(skipped.items())),
         converted=dict(sorted(converted.items())),
     )
-    manifest = {
-        "format": "harmonize-manifest/1",
-        "name": cfg.name,
-        "root": storage_cfg.root,
-        "dataset_dir": shards.dataset_dir(storage_cfg.root, cfg.name),
-        "content_hash": card_dict["content_hash"],
-        "card": cfg.card,
-        "counts": card_dict["counts"],
-        "shards": {
-            split: [
-                {"uri": i.uri, "rows": i.rows, "bytes": i.bytes, "sha256": i.sha256}
-                for i in written
-                if i.split == split
-            ]
-            for split in SPLITS
-        },
-    }
+    manifest = writer.publish(  # the one step that makes the new version the dataset
+        card_dict["content_hash"], cfg.image_size, test_max_side=cfg.test_max_side, card=cfg.card
+    )
     grid_rows.sort(key=lambda r: SPLITS.index(r["split"]))
     return PrepareResult(card_dict, manifest, sample_grid(grid_rows))

@@ -1,6 +1,7 @@
 """Parquet shards of triplets: the writer ``prepare`` uses and the readers training uses.
 
-Layout: ``<root>/datasets/<name>/<split>-NNNNN.parquet`` (zstd, PNG bytes, small row groups so a reader
+Layout: ``<root>/datasets/<name>/v-<id>/<split>-NNNNN.parquet`` (published by the manifest beside it,
+see ``components/data/dataset.py``; zstd, PNG bytes, small row groups so a reader
 streams a group at a time). The same rows always give the same bytes: no timestamps in the metadata,
 fixed schema and column order.
 
@@ -86,19 +87,19 @@ def table_bytes(rows: list[dict], rows_per_row_group: int) -> bytes:
 
 
 class ShardWriter:
-    """Buffers rows of one split and writes ``<split>-NNNNN.parquet`` files (temp name + rename)."""
+    """Buffers rows of one split and writes ``<folder>/<split>-NNNNN.parquet`` files (temp name + rename
+    locally; one upload on S3). ``components.data.dataset.DatasetWriter`` gives it a version folder."""
 
     def __init__(
         self,
-        root: str,
-        name: str,
+        folder: str,
         split: str,
         rows_per_shard: int,
         rows_per_row_group: int,
         max_bytes: int,
         s3: S3Options | None = None,
     ):
-        self.folder = dataset_dir(root, name)
+        self.folder = folder
         self.split, self.s3 = split, s3
         self.rows_per_shard, self.rows_per_row_group, self.max_bytes = (
             rows_per_shard,
@@ -131,33 +132,16 @@ class ShardWriter:
         return self.shards
 
 
-def remove_stale(root: str, name: str, keep: list[str], s3: S3Options | None = None) -> list[str]:
-    """Delete shards (and temp files of interrupted runs) of this dataset that this run did not write."""
-    folder = dataset_dir(root, name)
-    keep_names = {posixpath.basename(u) for u in keep}
-    fs, _ = storage.filesystem(folder, s3)
-    removed = []
-    for uri in storage.list_files(folder, s3=s3):
-        base = posixpath.basename(uri)
-        if base in keep_names or not (SHARD_RE.match(base) or ".parquet.tmp-" in base):
-            continue
-        fs.delete_file(storage.filesystem(uri, s3)[1])
-        removed.append(uri)
-    return removed
-
-
 # --------------------------------------------------------------------------------------------------
 # readers
 # --------------------------------------------------------------------------------------------------
 
 
 def shard_uris(root: str, dataset: str, split: str, s3: S3Options | None = None) -> list[str]:
-    """The shard URIs of one split, in order (empty when there are none)."""
-    return [
-        u
-        for u in storage.list_files(dataset_dir(root, dataset), suffix=".parquet", s3=s3)
-        if (m := SHARD_RE.match(posixpath.basename(u))) and m.group(1) == split
-    ]
+    """The shard URIs of one split of the published dataset, in order, from its verified manifest."""
+    from components.data.dataset import open_dataset
+
+    return open_dataset(root, dataset, s3).uris(split)
 
 
 def _png(data: bytes) -> np.ndarray:

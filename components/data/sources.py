@@ -14,8 +14,10 @@ Every source may be a local folder or ``s3://``; files are listed and read throu
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -195,6 +197,24 @@ def _images(folder: str, s3: S3Options | None) -> list[str]:
     return [u for u in storage.list_files(folder, s3=s3) if u.lower().endswith(IMAGE_EXTS)]
 
 
+def broken_links(folder: str, s3: S3Options | None) -> list[Skip]:
+    """Symlinks in a local folder that lead nowhere (dangling) or in a circle (loop): the listing leaves
+    them out silently, so they are reported here to be counted like any other skipped input."""
+    if storage.is_s3(folder) or not os.path.isdir(folder):
+        return []
+    out = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if not entry.is_symlink():
+            continue
+        try:
+            os.stat(entry.path)
+        except OSError as exc:
+            loop = exc.errno == errno.ELOOP
+            reason = "symlink_loop" if loop else "dangling_symlink"
+            out.append(Skip(reason, entry.path, f"-> {os.readlink(entry.path)}"))
+    return out
+
+
 def _require_dir(uri: str, s3: S3Options | None, what: str) -> None:
     fs, path = storage.filesystem(uri, s3)
     if fs.get_file_info(path).type == pafs.FileType.NotFound and not storage.list_dirs(uri, s3):
@@ -213,6 +233,7 @@ def list_photos_masks(path: str, subset: str, limit: int | None, s3: S3Options |
     photos = {_stem(u): u for u in _images(photos_dir, s3)}
     masks = {_stem(u): u for u in _images(masks_dir, s3)}
     out = SourceListing(description={"kind": "photos_masks", "path": path, "subset": subset})
+    out.skipped += broken_links(photos_dir, s3) + broken_links(masks_dir, s3)
     for pid in sorted(set(masks) - set(photos)):
         out.skipped.append(Skip("missing_photo", masks[pid], "mask without a photo"))
     keep = _apply_limit(sorted(photos), limit)
@@ -287,6 +308,8 @@ def list_iharmony4(
     for name, folder in subsets:
         subset = subset_override or name
         comps = _images(storage.join(folder, iharmony4.COMPOSITES), s3)
+        for sub in (iharmony4.COMPOSITES, iharmony4.MASKS, iharmony4.REALS):
+            out.skipped += broken_links(storage.join(folder, sub), s3)
         masks = {_stem(u): u for u in _images(storage.join(folder, iharmony4.MASKS), s3)}
         reals = {_stem(u): u for u in _images(storage.join(folder, iharmony4.REALS), s3)}
         train = _read_list(storage.join(folder, f"{name}_train.txt"), s3)

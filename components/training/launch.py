@@ -37,6 +37,7 @@ from components.checkpoint import MLFLOW_ARTIFACT, save_generator
 from components.cli import UserError
 from components.config import Params
 from components.data import shards
+from components.data.dataset import open_dataset
 from components.models import losses
 from components.training import engine, remote
 from components.training.loop import FAULT_ENV, read_state, train_loop_per_worker
@@ -79,13 +80,11 @@ def dataset_name(params: Params) -> str:
 
 
 def find_shards(params: Params, s3) -> tuple[list[str], list[str]]:
+    """Train and val shards of the published dataset, from its verified manifest (the dataset handle)."""
     root, name = params.storage.root, dataset_name(params)
     where = shards.dataset_dir(root, name)
-    try:
-        train = shards.shard_uris(root, name, "train", s3)
-        val = shards.shard_uris(root, name, "val", s3)
-    except OSError as exc:
-        raise UserError(f"{where}: cannot list the dataset shards: {exc}") from None
+    ds = open_dataset(root, name, s3)
+    train, val = ds.uris("train"), ds.uris("val")
     missing = [s for s, u in (("train", train), ("val", val)) if not u]
     if missing:
         raise UserError(
@@ -114,20 +113,8 @@ def image_size_of(uri: str, s3) -> int:
 
 
 def dataset_hash(params: Params, s3) -> str:
-    """``content_hash`` of the dataset card: next to the shards if prepare put one there, else the
-    working-tree card when it describes this dataset; ``unknown`` otherwise."""
-    name = dataset_name(params)
-    candidates = [storage.join(shards.dataset_dir(params.storage.root, name), "card.json")]
-    if name == params.prepare.name:
-        candidates.append(params.prepare.card)
-    for uri in candidates:
-        try:
-            card = json.loads(storage.read_bytes(uri, s3))
-        except (OSError, ValueError):
-            continue
-        if isinstance(card, dict) and card.get("content_hash"):
-            return str(card["content_hash"])
-    return "unknown"
+    """``content_hash`` of the published dataset, from its manifest (the dataset handle)."""
+    return open_dataset(params.storage.root, dataset_name(params), s3).content_hash
 
 
 def fingerprint(params: Params, gen_spec: dict, data_hash: str) -> str:

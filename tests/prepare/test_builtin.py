@@ -78,5 +78,6 @@ def test_stale_and_half_written_shards_are_removed(tmp_path):
     (folder / "notes.txt").write_text("user file")
     manifest = run_prepare(tmp_path, *SMALL, "prepare.crops_per_photo=4")
     names = sorted(p.name for p in folder.iterdir())
-    listed = sorted(s["uri"].rsplit("/", 1)[1] for v in manifest["shards"].values() for s in v)
-    assert names == sorted([*listed, "notes.txt"])
+    assert names == sorted(["manifest.json", "notes.txt", manifest["version"]])
+    listed = sorted(s["file"] for v in manifest["shards"].values() for s in v)
+    assert sorted(f"{manifest['version']}/{p.name}" for p in (folder / manifest["version"]).iterdir()) == listed

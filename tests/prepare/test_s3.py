@@ -34,7 +34,8 @@ def test_prepare_on_s3(moto_endpoint, s3_bucket, tmp_path):
     objects = client.list_objects_v2(Bucket=bucket, Prefix="store/")["Contents"]
     keys = sorted(o["Key"] for o in objects if not o["Key"].endswith("/"))  # "/" keys: pyarrow dir markers
     listed = sorted(s["uri"].removeprefix(s3_bucket + "/") for v in manifest["shards"].values() for s in v)
-    assert keys == listed and all(k.startswith("store/datasets/default/") for k in keys)
+    assert keys == sorted([*listed, "store/datasets/default/manifest.json"])
+    assert all(k.startswith(f"store/datasets/default/{manifest['version']}/") for k in listed)
     for split, infos in manifest["shards"].items():
         assert shard_uris(root, "default", split, s3=s3) == [i["uri"] for i in infos]
         for info in infos:

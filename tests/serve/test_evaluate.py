@@ -97,13 +97,13 @@ def test_s3_folder_and_prepare_shards_give_the_same_numbers(
     """The same 12 images as an iHarmony4 folder on S3 and as prepare test shards: identical scores."""
     import boto3
 
-    from components.data.shards import ShardWriter
+    from components.data.dataset import DatasetWriter
 
     lh = lalonde / "LHarmony"
     names = (lh / "LHarmony_test.txt").read_text().split()[:12]
     client = boto3.client("s3")
     bucket = s3_bucket[len("s3://") :]
-    writer = ShardWriter(str(tmp_path / "store"), "tiny", "test", 100, 16, 1 << 30)
+    writer = DatasetWriter(str(tmp_path / "store"), "tiny", 100, 16)
     lines = []
     for name in names:
         image_id, mask_no, _ = name[:-4].rsplit("_", 2)
@@ -119,7 +119,7 @@ def test_s3_folder_and_prepare_shards_give_the_same_numbers(
         row.update(sample_id=name, scene_id=image_id, subset="Mini", split="test", source="lalonde",
                    method="x", height=256, width=256, fg_ratio=0.1, fg_mse=0.0)  # fmt: skip
         writer.add(row)
-    writer.close()
+    writer.publish()
     client.put_object(Bucket=bucket, Key="ih/Mini/Mini_test.txt", Body="\n".join(lines).encode())
 
     model = f"evaluate.model={generators['strong']['path']}"

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.data import shards
+from components.data.dataset import DatasetWriter
 from components.data.images import encode_png
 from components.storage import S3Options
 
@@ -56,12 +56,11 @@ def _triplet(rng: np.random.Generator, size: int):
 
 def write_tiny_dataset(root: str, name: str = "tiny", n_train: int = 16, n_val: int = 8, size: int = 32,
                        s3: S3Options | None = None, seed: int = 0) -> dict:  # fmt: skip
-    """Write train/val shards of synthetic triplets under ``<root>/datasets/<name>/`` (local or s3://)."""
+    """Write and publish train/val shards of synthetic triplets as dataset ``<root>/datasets/<name>/``
+    (local or s3://); returns the manifest."""
     rng = np.random.default_rng(seed)
-    out = {}
+    writer = DatasetWriter(root, name, rows_per_shard=10**6, rows_per_row_group=8, s3=s3)
     for split, n in (("train", n_train), ("val", n_val)):
-        writer = shards.ShardWriter(root, name, split, rows_per_shard=10**6, rows_per_row_group=8,
-                                    max_bytes=1 << 30, s3=s3)  # fmt: skip
         for i in range(n):
             comp, mask, real, ratio, fg_mse = _triplet(rng, size)
             writer.add({
@@ -70,8 +69,7 @@ def write_tiny_dataset(root: str, name: str = "tiny", n_train: int = 16, n_val: 
                 "mask": encode_png(mask), "real": encode_png(real), "height": size, "width": size,
                 "fg_ratio": ratio, "fg_mse": fg_mse,
             })  # fmt: skip
-        out[split] = writer.close()
-    return out
+    return writer.publish(image_size=size)
 
 
 def project_dir(tmp: Path) -> Path:

@@ -19,7 +19,7 @@ def params(*extra: str):
 def test_missing_shards_are_a_user_error_naming_the_folder(tmp_path):
     p = params(f"storage.root={tmp_path}", "train.dataset=nothing-here")
     with pytest.raises(
-        UserError, match=r"datasets/nothing-here: no train and no val shards.*pipeline\.prepare"
+        UserError, match=r"datasets/nothing-here: no published dataset.*pipeline\.prepare"
     ):
         launch.find_shards(p, None)
 

@@ -93,6 +93,36 @@ def configure(uri: str | None = None, export_env: bool = True) -> str:
     return uri
 
 
+def in_project(start: str | Path | None = None) -> bool:
+    """Whether ``start`` (default: cwd) is inside a project (a ``params.yaml`` at or above it)."""
+    return (project_root(start) / "params.yaml").is_file()
+
+
+def configure_reader(uri: str | None = None) -> str:
+    """Point MLflow at an existing store to read models and runs from, creating nothing; return its URI.
+
+    ``uri``, else ``MLFLOW_TRACKING_URI``, else the project's ``mlruns.db``. Outside a project with
+    neither given, or when the sqlite file does not exist, ``LookupError`` says which store was looked
+    for (a reader run from another folder must not leave an empty ``./mlruns.db`` behind)."""
+    uri = uri or os.environ.get(ENV_VAR, "").strip() or None
+    if uri is None and not in_project():
+        raise LookupError(
+            f"no MLflow store: {ENV_VAR} is unset and {Path.cwd()} is not in a project (no params.yaml "
+            "here or above); give --tracking-uri URI"
+        )
+    uri = uri or tracking_uri()
+    db = _sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise LookupError(f"MLflow store {uri} does not exist (give --tracking-uri URI)")
+    return configure(uri, export_env=False)
+
+
+def store_note(model_uri: str) -> str:
+    """`` (MLflow store <uri>)`` for a ``runs:/`` or ``models:/`` URI, so a not-found message says where
+    it looked; empty for files."""
+    return f" (MLflow store {mlflow.get_tracking_uri()})" if model_uri.startswith(("runs:/", "models:/")) else ""
+
+
 def worker_env() -> dict[str, str]:
     """Environment for Ray workers (``runtime_env={"env_vars": worker_env()}``): the resolved URI."""
     return {ENV_VAR: _configured or tracking_uri()}

@@ -19,9 +19,11 @@ from collections.abc import Sequence
 
 from components.cli import base_parser, params_from_args, run_cli
 
+PARAMS = ("storage", "prepare.name", "prepare.card", "model", "train", "ablate")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__, "python -m pipeline.ablate", PARAMS)
     args_list = list(sys.argv[1:] if argv is None else argv)
     params = params_from_args(parser.parse_args(args_list))
     from components.training.ablation import run

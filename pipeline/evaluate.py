@@ -2,176 +2,43 @@
 
 Every image is harmonized at its native resolution by the same ``Predictor`` that ``harmonize`` and the
 MLflow model use, and scored against the real image next to the unharmonized composite; the paper's
-protocol (the network alone at its size) is reported apart (``paper`` in the summary, ``paper_*``
-metrics).
+protocol (the network alone at its size) is reported apart (``paper`` in the summary).
 
     python -m pipeline.evaluate                                   # models/generator.pt on the prepare test shards
     python -m pipeline.evaluate -S evaluate.model=models:/rainnet@champion -S evaluate.data=s3://bucket/iHarmony4
 
-The evaluation is an MLflow run in ``harmonization-eval``, tagged with the model's training run id
-(``model_run_id``) so the two link up; its metrics are ``test_mse`` ... ``test_fpsnr`` overall,
-``test_fmse.<subset>`` and ``test_fmse.fg_0-5`` per group, and ``composite_*`` for the unharmonized
-baseline.
+The evaluation is an MLflow run in ``evaluate.experiment``, tagged with the model's training run id
+(``model_run_id``); its metrics are ``test_mse`` ... ``test_fpsnr`` overall, ``test_fmse.<subset>`` and
+``test_fmse.fg_0-5`` per group, and ``composite_*`` for the unharmonized baseline. The work is
+``components.evaluation_run``.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
-from PIL import Image
+from components.cli import add_tracking_uri, base_parser, params_from_args, run_cli
 
-from components import evaluation, metrics, storage, tracking
-from components.cli import UserError, base_parser, params_from_args, run_cli
-from components.data.images import InputError
-from components.predictor import Predictor
-
+PARAMS = ("storage", "prepare.name", "prepare.card", "train.dataset", "evaluate", "harmonize.mapping")
 log = logging.getLogger("evaluate")
 
 
-def model_run_id(uri: str, info: dict) -> str | None:
-    """The training run behind a model: from ``runs:/<id>/...``, a registry alias/version, or the file's meta."""
-    if uri.startswith("runs:/"):
-        return uri[len("runs:/") :].split("/", 1)[0]
-    if uri.startswith("models:/"):
-        from mlflow import MlflowClient
-
-        name, _, ref = uri[len("models:/") :].partition("/")[0].partition("@")
-        client = MlflowClient()
-        try:
-            if ref:
-                return client.get_model_version_by_alias(name, ref).run_id
-            name, version = uri[len("models:/") :].split("/")[:2]
-            return client.get_model_version(name, version).run_id
-        except Exception:  # noqa: BLE001 - fall back on the file's own record
-            pass
-    return (info.get("meta") or {}).get("run_id")
-
-
-def model_label(spec: dict) -> str:
-    """``rainnet-rain-decoder`` / ``dih`` / ``rainnet-rain-decoder-pct``: the model part of a run name."""
-    head = spec.get("head") if spec.get("head") not in (None, "image") else None
-    return "-".join(str(p) for p in (spec.get("name", "model"), spec.get("placement"), head) if p)
-
-
-def dataset_card_hash(params) -> str | None:
-    try:
-        return json.loads(Path(params.prepare.card).read_text()).get("content_hash")
-    except (OSError, ValueError):
-        return None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = base_parser(__doc__.split("\n", 1)[0])
-    params = params_from_args(parser.parse_args(argv))
-    cfg = params.evaluate
-    s3 = storage.S3Options.from_config(params.storage)
+    parser = base_parser(__doc__, "python -m pipeline.evaluate", PARAMS)
+    add_tracking_uri(parser)
+    args = parser.parse_args(argv)
+    params = params_from_args(args)
+    from components import evaluation_run, tracking  # torch and MLflow: after --help
 
-    from components.checkpoint import CheckpointError, load_generator
-
-    tracking.configure()
-    try:
-        model, info = load_generator(cfg.model)
-    except CheckpointError as exc:
-        raise UserError(str(exc)) from None
-    size = int(cfg.image_size or info["image_size"])
-    mult = int(getattr(model, "image_size_multiple", 1) or 1)
-    if size % mult:
-        raise UserError(f"evaluate.image_size={size} must be a multiple of {mult} for this generator")
-    predictor = Predictor(model, size, mapping=params.harmonize.mapping, device=cfg.device, info=info)
-
-    dataset_hash = None
-    try:
-        if cfg.data:
-            samples = evaluation.iharmony4_samples(cfg.data, cfg.split, s3)
-            data_name = cfg.data.rstrip("/").rsplit("/", 1)[-1]
-        else:
-            dataset = params.train.dataset or params.prepare.name
-            samples = evaluation.shard_samples(params.storage.root, dataset, cfg.split, s3)
-            data_name, dataset_hash = dataset, dataset_card_hash(params)
-    except InputError as exc:
-        raise UserError(str(exc)) from None
-    test_set = evaluation.test_set_id(samples, extra=dataset_hash or "")
-    log.info(
-        "evaluating %s on %d images of %s at native resolution (network %dx%d, head %s) on %s",
-        cfg.model, len(samples), data_name, size, size, predictor.head, predictor.device,
-    )  # fmt: skip
-
-    try:
-        rows = evaluation.evaluate(predictor, samples, s3)
-    except InputError as exc:
-        raise UserError(str(exc)) from None
-    tables = evaluation.summaries(rows)
-    methods = evaluation.by_method(rows)
-
-    spec = dict(info["spec"])
-    meta = dict(info.get("meta") or {})
-    train_run = model_run_id(cfg.model, info)
-    name = cfg.run_name or "eval-" + tracking.run_name(spec, data_name)
-    flat = metrics.flatten_summary(tables["harmonized"], "test")
-    flat.update(metrics.flatten_summary(tables["composite"], "composite", groups=False))
-    flat.update(metrics.flatten_summary(tables["paper"]["harmonized"], "paper", groups=False))
-    flat.update(metrics.flatten_summary(tables["paper"]["composite"], "paper_composite", groups=False))
-    tags = tracking.standard_tags(
-        params, meta.get("dataset_hash") or dataset_hash,
-        model_uri=cfg.model, model_run_id=train_run or "unknown", test_set=test_set, eval_data=cfg.data or f"shards:{data_name}",
-    )  # fmt: skip
-    tags.update(model=str(spec.get("name")), placement=str(spec.get("placement") or "none"))
-    exp = tracking.get_or_create_experiment(cfg.experiment)
-    import mlflow
-
-    with mlflow.start_run(experiment_id=exp.experiment_id, run_name=name, tags=tags) as run:
-        tracking.log_params_flat({"evaluate": _asdict(cfg), "image_size": size, "n_images": len(rows)})
-        mlflow.log_metrics(flat)
-        csv_bytes = evaluation.per_image_csv(rows)
-        md = f"## Evaluation of `{cfg.model}` on {data_name} ({len(rows)} images, network {size}x{size})\n\n"
-        md += evaluation.summary_markdown(tables, model_label(spec), methods, size)
-        mlflow.log_text(csv_bytes.decode(), "eval_per_image.csv")
-        mlflow.log_text(md, "eval_summary.md")
-        showcase = evaluation.showcase(predictor, samples, cfg.showcase_count, s3, model_label(spec))
-        mlflow.log_image(Image.open(io.BytesIO(showcase)), "eval_showcase.png")
-        eval_run = run.info.run_id
-
-    summary = {
-        "n_images": len(rows),
-        "image_size": size,
-        "test_set": test_set,
-        "data": cfg.data or f"shards:{data_name}",
-        "model_uri": cfg.model,
-        "model_run_id": train_run,
-        "eval_run_id": eval_run,
-        "dataset_hash": meta.get("dataset_hash") or dataset_hash,
-        "generator": spec,
-        "resolution": "native",
-        "composite": tables["composite"],
-        "harmonized": tables["harmonized"],
-        "by_method": methods,
-        "paper": tables["paper"],
-    }
-    for path, data in (
-        (cfg.per_image_out, csv_bytes),
-        (cfg.summary_out, (json.dumps(summary, indent=2, sort_keys=False) + "\n").encode()),
-        (cfg.summary_md, md.encode()),
-        (cfg.showcase_out, showcase),
-    ):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        storage.write_bytes_atomic(path, data)
-    o, c = tables["harmonized"]["overall"], tables["composite"]["overall"]
+    tracking.configure(args.tracking_uri)
+    summary = evaluation_run.run(params)
+    o, c = summary["harmonized"]["overall"], summary["composite"]["overall"]
     log.info(
         "fMSE %.2f (composite %.2f), PSNR %.2f (composite %.2f); MLflow run %s",
-        o["fmse"], c["fmse"], o["psnr"], c["psnr"], eval_run,
+        o["fmse"], c["fmse"], o["psnr"], c["psnr"], summary["eval_run_id"],
     )  # fmt: skip
     return 0
-
-
-def _asdict(cfg) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)
 
 
 if __name__ == "__main__":

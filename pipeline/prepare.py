@@ -1,8 +1,12 @@
 """``python -m pipeline.prepare``: make train/val/test triplet shards from the configured sources.
 
 Heavy shards go to ``<storage.root>/datasets/<prepare.name>/`` (local or s3://); the small files DVC
-tracks go to the working tree: the manifest (shard URIs, sizes, sha256), the dataset card (a DVC
-metric) and a PNG grid of samples.
+tracks go to the working tree: the manifest (shard URIs, sizes, sha256), the dataset card (every
+skipped input named with its reason), its headline numbers (the DVC metric) and a PNG grid of samples.
+With a local ``storage.root`` the dataset folder itself is a DVC output (cached, ``dvc push``-ed).
+
+    python -m pipeline.prepare
+    python -m pipeline.prepare -S prepare.crops_per_photo=12 -S prepare.name=small
 """
 
 from __future__ import annotations
@@ -10,9 +14,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from components import storage
 from components.cli import base_parser, params_from_args, run_cli
-from components.data.build import prepare_dataset
+
+PARAMS = ("storage", "prepare")
 
 
 def _json(obj: dict) -> bytes:
@@ -20,13 +24,17 @@ def _json(obj: dict) -> bytes:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__, "python -m pipeline.prepare", PARAMS)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     params = params_from_args(args)
     cfg = params.prepare
+    from components import headline, storage  # pyarrow, numpy, PIL: after --help
+    from components.data.build import prepare_dataset
+
     result = prepare_dataset(cfg, params.storage, progress=not args.no_progress)
     storage.write_bytes_atomic(cfg.card, _json(result.card))
+    headline.write(headline.path_for(cfg.card), headline.prepare(result.card))
     storage.write_bytes_atomic(cfg.samples_png, result.grid_png)
     storage.write_bytes_atomic(cfg.manifest, _json(result.manifest))
     counts = ", ".join(f"{k} {v}" for k, v in result.card["counts"].items())

@@ -7,7 +7,8 @@
 A local Ray is started unless ``RAY_ADDRESS`` points at a cluster. Rerunning the same command resumes
 from the last checkpoint under ``<storage.root>/ray/``. Writes ``train.weights_out`` (the generator
 file), ``train.metrics_out`` (final validation metrics, the composite baseline, the MLflow run id) and
-``train.plots_out`` (one row per epoch).
+``train.plots_out`` (one row per epoch), and the headline numbers DVC shows as metrics
+(``metrics/headline/train.json``). The driver prints one progress line per epoch with the ETA.
 """
 
 from __future__ import annotations
@@ -17,15 +18,19 @@ from collections.abc import Sequence
 
 from components.cli import base_parser, params_from_args, run_cli
 
+PARAMS = ("storage", "prepare.name", "prepare.card", "model", "train")
+
 log = logging.getLogger("train")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__, "python -m pipeline.train", PARAMS)
     params = params_from_args(parser.parse_args(argv))
+    from components import headline
     from components.training.launch import run
 
     out = run(params)
+    headline.write(headline.path_for(params.train.metrics_out), headline.train(out))
     print(
         f"trained {out['train_key']} to epoch {out['epochs_done']}: val fMSE {out['val_fmse']:.2f} "
         f"(composite {out['composite']['val_fmse']:.2f}), PSNR {out['val_psnr']:.2f} dB "

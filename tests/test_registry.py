@@ -62,3 +62,19 @@ def test_spec_is_not_mutated_and_default_params_build():
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     for section in (params.model.generator, params.model.discriminator, params.model.domain_discriminator):
         assert isinstance(build_model(dict(section)), torch.nn.Module)
+
+
+def test_no_import_cycle_through_the_registry():
+    """The registry imports the model modules; none of them (nor anything they import) imports it back."""
+    import ast
+
+    folder = Path(__file__).resolve().parents[1] / "components" / "models"
+    for path in folder.glob("*.py"):
+        if path.name in ("registry.py", "__init__.py"):
+            continue
+        imported = {
+            node.module or ""
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom)
+        }
+        assert not {m for m in imported if m.endswith("registry")}, f"{path.name} imports the registry"

@@ -22,7 +22,6 @@ from torch import nn
 from .heads import OutputHead, head_channels, mark_zero_init
 from .rain import RAIN, MaskPyramid
 from .rainnet import apply_norm, check_inputs, paste_back
-from .registry import register
 
 MIN_IMAGE_SIZE = 32
 
@@ -124,7 +123,6 @@ class DIHGenerator(nn.Module):
         return out, aux
 
 
-@register("dih")
 def dih(
     ngf: int = 64, input_nc: int = 4, image_size: int = 256, mask_head: bool = True, head: str = "image"
 ) -> DIHGenerator:
@@ -132,7 +130,6 @@ def dih(
     return DIHGenerator("bn", "bn", ngf, input_nc, image_size, mask_head, head)
 
 
-@register("dih_rain")
 def dih_rain(
     ngf: int = 64, input_nc: int = 4, image_size: int = 256, mask_head: bool = True, head: str = "image"
 ) -> DIHGenerator:

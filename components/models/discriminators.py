@@ -13,14 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from .registry import register
-
 
 def _sn(module: nn.Module, enabled: bool) -> nn.Module:
     return spectral_norm(module) if enabled else module
 
 
-@register("global_d")
 class GlobalDiscriminator(nn.Module):
     """PatchGAN: ``forward(image) -> (B, 1, h, w)`` patch scores (hinge losses use their mean)."""
 
@@ -82,7 +79,6 @@ class DomainEncoder(nn.Module):
         return self.fc(pooled)
 
 
-@register("domain_d")
 class DomainDiscriminator(nn.Module):
     """Domain verification: ``forward(image, mask) -> (B,)`` score ``l_f . l_b`` (real pairs score high)."""
 

@@ -32,7 +32,6 @@ from torch import nn
 
 from .heads import OutputHead, head_channels, mark_zero_init
 from .rain import RAIN, MaskPyramid
-from .registry import register
 
 NUM_SLOTS = 14
 MIN_IMAGE_SIZE = 32
@@ -165,7 +164,6 @@ def paste_back(pred: torch.Tensor, composite: torch.Tensor, mask: torch.Tensor) 
     return pred.to(composite.dtype) * m + composite * (1 - m)
 
 
-@register("rainnet")
 class RainNet(nn.Module):
     """RainNet U-Net generator. ``forward(composite, mask, return_aux=False)`` -> pasted image (B, 3, H, W).
 

@@ -2,6 +2,8 @@
 
 Specs come from ``params.yaml`` (``model.generator`` etc.), so arguments are checked against the
 builder's signature: a typo must fail with the allowed keys listed, never be silently ignored.
+The registry imports the model modules and names their builders here; the model modules never import
+it (no import cycle). ``register`` adds a builder from elsewhere (an experiment, a test).
 """
 
 from __future__ import annotations
@@ -12,7 +14,17 @@ from typing import Any
 
 from torch import nn
 
-MODELS: dict[str, Callable[..., nn.Module]] = {}
+from .dih import dih, dih_rain
+from .discriminators import DomainDiscriminator, GlobalDiscriminator
+from .rainnet import RainNet
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "rainnet": RainNet,
+    "dih": dih,
+    "dih_rain": dih_rain,
+    "global_d": GlobalDiscriminator,
+    "domain_d": DomainDiscriminator,
+}
 
 
 def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -34,7 +46,6 @@ def allowed_arguments(name: str) -> list[str]:
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
     """Build ``spec["name"]`` with the other keys as keyword arguments (validated, ``ValueError`` if not)."""
-    _ensure_registered()
     if not isinstance(spec, dict):
         raise ValueError(f"model spec must be a mapping with a 'name' key, got {spec!r}")
     if "name" not in spec:
@@ -49,7 +60,3 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
             raise ValueError(f"model {name!r} has no argument {key!r}; allowed: {', '.join(allowed)}")
     return MODELS[name](**kwargs)
 
-
-def _ensure_registered() -> None:
-    """Import the model modules so their ``@register`` decorators have run."""
-    from . import dih, discriminators, rainnet  # noqa: F401

@@ -1,0 +1,154 @@
+"""The ``evaluate`` stage's work: score a generator on a test set, record it as an MLflow run (and on
+the model's training run), write the per-image CSV, the summary JSON / Markdown, the showcase and the
+headline metrics. ``pipeline/evaluate.py`` is its command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+from pathlib import Path
+
+import mlflow
+from PIL import Image
+
+from components import evaluation, headline, metrics, storage, tracking
+from components.cli import UserError
+from components.data.images import InputError
+from components.predictor import Predictor
+
+log = logging.getLogger("evaluate")
+
+
+def model_run_id(uri: str, info: dict) -> str | None:
+    """The training run behind a model: from ``runs:/<id>/...``, a registry alias/version, or the file's meta."""
+    if uri.startswith("runs:/"):
+        return uri[len("runs:/") :].split("/", 1)[0]
+    if uri.startswith("models:/"):
+        from mlflow import MlflowClient
+
+        name, _, ref = uri[len("models:/") :].partition("/")[0].partition("@")
+        client = MlflowClient()
+        try:
+            if ref:
+                return client.get_model_version_by_alias(name, ref).run_id
+            name, version = uri[len("models:/") :].split("/")[:2]
+            return client.get_model_version(name, version).run_id
+        except Exception:  # noqa: BLE001 - fall back on the file's own record
+            pass
+    return (info.get("meta") or {}).get("run_id")
+
+
+def model_label(spec: dict) -> str:
+    """``rainnet-rain-decoder`` / ``dih`` / ``rainnet-rain-decoder-pct``: the model part of a run name."""
+    head = spec.get("head") if spec.get("head") not in (None, "image") else None
+    return "-".join(str(p) for p in (spec.get("name", "model"), spec.get("placement"), head) if p)
+
+
+def dataset_card_hash(params) -> str | None:
+    try:
+        return json.loads(Path(params.prepare.card).read_text()).get("content_hash")
+    except (OSError, ValueError):
+        return None
+
+
+def run(params) -> dict:
+    """Evaluate ``evaluate.model`` as ``params`` say (MLflow already configured); returns the summary."""
+    cfg = params.evaluate
+    s3 = storage.S3Options.from_config(params.storage)
+
+    from components.checkpoint import CheckpointError, load_generator
+
+    try:
+        model, info = load_generator(cfg.model)
+    except CheckpointError as exc:
+        raise UserError(f"{exc}{tracking.store_note(cfg.model)}") from None
+    size = int(cfg.image_size or info["image_size"])
+    mult = int(getattr(model, "image_size_multiple", 1) or 1)
+    if size % mult:
+        raise UserError(f"evaluate.image_size={size} must be a multiple of {mult} for this generator")
+    predictor = Predictor(model, size, mapping=params.harmonize.mapping, device=cfg.device, info=info)
+
+    dataset_hash = None
+    try:
+        if cfg.data:
+            samples = evaluation.iharmony4_samples(cfg.data, cfg.split, s3)
+            data_name = cfg.data.rstrip("/").rsplit("/", 1)[-1]
+        else:
+            dataset = params.train.dataset or params.prepare.name
+            samples = evaluation.shard_samples(params.storage.root, dataset, cfg.split, s3)
+            data_name, dataset_hash = dataset, dataset_card_hash(params)
+    except InputError as exc:
+        raise UserError(str(exc)) from None
+    test_set = evaluation.test_set_id(samples, extra=dataset_hash or "")
+    log.info(
+        "evaluating %s on %d images of %s at native resolution (network %dx%d, head %s) on %s",
+        cfg.model, len(samples), data_name, size, size, predictor.head, predictor.device,
+    )  # fmt: skip
+
+    try:
+        rows = evaluation.evaluate(predictor, samples, s3)
+    except InputError as exc:
+        raise UserError(str(exc)) from None
+    tables = evaluation.summaries(rows)
+    methods = evaluation.by_method(rows)
+
+    spec = dict(info["spec"])
+    meta = dict(info.get("meta") or {})
+    train_run = model_run_id(cfg.model, info)
+    name = cfg.run_name or "eval-" + tracking.run_name(spec, data_name)
+    flat = metrics.flatten_summary(tables["harmonized"], "test")
+    flat.update(metrics.flatten_summary(tables["composite"], "composite", groups=False))
+    flat.update(metrics.flatten_summary(tables["paper"]["harmonized"], "paper", groups=False))
+    flat.update(metrics.flatten_summary(tables["paper"]["composite"], "paper_composite", groups=False))
+    tags = tracking.standard_tags(
+        params, meta.get("dataset_hash") or dataset_hash,
+        model_uri=cfg.model, model_run_id=train_run or "unknown", test_set=test_set, eval_data=cfg.data or f"shards:{data_name}",
+    )  # fmt: skip
+    tags.update(model=str(spec.get("name")), placement=str(spec.get("placement") or "none"))
+    exp = tracking.get_or_create_experiment(cfg.experiment)
+
+    with mlflow.start_run(experiment_id=exp.experiment_id, run_name=name, tags=tags) as run:
+        tracking.log_params_flat({"evaluate": _asdict(cfg), "image_size": size, "n_images": len(rows)})
+        mlflow.log_metrics(flat)
+        csv_bytes = evaluation.per_image_csv(rows)
+        md = f"## Evaluation of `{cfg.model}` on {data_name} ({len(rows)} images, network {size}x{size})\n\n"
+        md += evaluation.summary_markdown(tables, model_label(spec), methods, size)
+        mlflow.log_text(csv_bytes.decode(), "eval_per_image.csv")
+        mlflow.log_text(md, "eval_summary.md")
+        showcase = evaluation.showcase(predictor, samples, cfg.showcase_count, s3, model_label(spec))
+        mlflow.log_image(Image.open(io.BytesIO(showcase)), "eval_showcase.png")
+        eval_run = run.info.run_id
+
+    summary = {
+        "n_images": len(rows),
+        "image_size": size,
+        "test_set": test_set,
+        "data": cfg.data or f"shards:{data_name}",
+        "model_uri": cfg.model,
+        "model_run_id": train_run,
+        "eval_run_id": eval_run,
+        "dataset_hash": meta.get("dataset_hash") or dataset_hash,
+        "generator": spec,
+        "resolution": "native",
+        "composite": tables["composite"],
+        "harmonized": tables["harmonized"],
+        "by_method": methods,
+        "paper": tables["paper"],
+    }
+    tracking.carry_test_results(train_run, summary)  # onto the training run too: compare pages show it
+    for path, data in (
+        (cfg.per_image_out, csv_bytes),
+        (cfg.summary_out, (json.dumps(summary, indent=2, sort_keys=False) + "\n").encode()),
+        (cfg.summary_md, md.encode()),
+        (cfg.showcase_out, showcase),
+    ):
+        storage.write_bytes_atomic(path, data)
+    headline.write(headline.path_for(cfg.summary_out), headline.evaluate(summary))
+    return summary
+
+
+def _asdict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

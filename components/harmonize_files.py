@@ -1,0 +1,163 @@
+"""``harmonize``'s file work: one (composite, mask) pair or a folder of pairs in, harmonized PNGs out.
+
+Finds pairs in the three folder layouts, refuses outputs that would overwrite an input, writes each
+output to a temporary name then renames it, and reports each skipped pair with its reason.
+``pipeline/harmonize.py`` is its command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import sys
+from pathlib import Path
+
+from components import storage, tracking
+from components.cli import UserError
+from components.config import HarmonizeConfig
+from components.data.iharmony4 import IMAGE_EXTS, mask_and_real_names
+from components.data.images import InputError, encode_image
+from components.predictor import Predictor
+
+log = logging.getLogger("harmonize")
+
+
+def find_pairs(folder: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(composite, mask) pairs in a folder, and (composite, reason) for composites without a mask."""
+    folder = str(folder).rstrip("/")
+
+    def images(d: str) -> list[str]:
+        return [f for f in storage.list_files(d) if f.lower().endswith(IMAGE_EXTS)]
+
+    pairs, missing = [], []
+    if storage.exists(storage.join(folder, "composite_images")):  # iHarmony4 subset
+        masks = set(storage.list_files(storage.join(folder, "masks")))
+        for comp in images(storage.join(folder, "composite_images")):
+            try:
+                mask = storage.join(folder, "masks", mask_and_real_names(posixpath.basename(comp))[0])
+            except InputError as exc:
+                missing.append((comp, str(exc)))
+                continue
+            (pairs.append((comp, mask)) if mask in masks else missing.append((comp, f"no mask {mask}")))
+        return pairs, missing
+    for sub in ("images", "composites"):
+        if storage.exists(storage.join(folder, sub)) and storage.exists(storage.join(folder, "masks")):
+            masks = {_stem(m): m for m in images(storage.join(folder, "masks"))}
+            for comp in images(storage.join(folder, sub)):
+                m = masks.get(_stem(comp))
+                (
+                    pairs.append((comp, m))
+                    if m
+                    else missing.append((comp, f"no mask named {_stem(comp)}.* in masks/"))
+                )
+            return pairs, missing
+    files = images(folder)
+    masks = {_stem(f)[: -len("_mask")]: f for f in files if _stem(f).endswith("_mask")}
+    for comp in files:
+        if _stem(comp).endswith("_mask"):
+            continue
+        m = masks.get(_stem(comp))
+        (
+            pairs.append((comp, m))
+            if m
+            else missing.append((comp, f"no mask {_stem(comp)}_mask.png beside it"))
+        )
+    return pairs, missing
+
+
+def unique_targets(pairs: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Keep one composite per output name (``<stem>.png``); the others are skipped, never overwritten."""
+    seen: dict[str, str] = {}
+    keep, clashes = [], []
+    for comp, mask in pairs:
+        first = seen.setdefault(_stem(comp), comp)
+        if first == comp:
+            keep.append((comp, mask))
+        else:
+            clashes.append((comp, f"same output name {_stem(comp)}.png as {first}; rename one of them"))
+    return keep, clashes
+
+
+def warn_if_lossy(path: str) -> None:
+    if path.lower().endswith((".jpg", ".jpeg")):
+        log.warning("%s: JPEG is lossy, so background pixels will not be byte-identical; use .png", path)
+
+
+def _stem(path: str) -> str:
+    return posixpath.basename(path).rsplit(".", 1)[0]
+
+
+def harmonize_pair(
+    comp: str, mask: str, output: str, cfg: HarmonizeConfig, tracking_uri: str | None = None
+) -> int:
+    """One pair into the image file ``output``; ``UserError`` (and nothing written) on bad input."""
+    for p in (comp, mask):
+        if not storage.is_s3(p) and not Path(p).is_file():
+            raise UserError(f"{p}: file not found")
+    if not storage.is_s3(output) and Path(output).is_dir():
+        raise UserError(f"-o {output}: is a folder; give the output image's file name")
+    if Path(output).resolve() in (Path(comp).resolve(), Path(mask).resolve()):
+        raise UserError(f"-o {output}: would overwrite an input; choose another file name")
+    warn_if_lossy(output)
+    harmonizer = load(cfg, tracking_uri)
+    try:
+        out = harmonizer.harmonize_files(comp, mask)
+        data = encode_image(out, output)
+    except InputError as exc:
+        raise UserError(str(exc)) from None
+    storage.write_bytes_atomic(output, data)
+    log.info("wrote %s (%dx%d)", output, out.shape[1], out.shape[0])
+    return 0
+
+
+def harmonize_folder(folder: str, output: str, cfg: HarmonizeConfig, tracking_uri: str | None = None) -> int:
+    """Every pair in ``folder`` into the folder ``output``; 1 when some pairs were skipped (each is
+    reported on stderr with its reason), 0 when all were written."""
+    if not storage.is_s3(folder) and not Path(folder).is_dir():
+        raise UserError(f"{folder}: not a folder (give COMPOSITE MASK for a single image)")
+    if not storage.is_s3(output):
+        out_dir = Path(output)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UserError(f"-o {output}: is a file; batch mode writes into a folder")
+        if out_dir.resolve() == Path(folder).resolve():
+            raise UserError(f"-o {output}: is the input folder; the outputs would overwrite composites")
+    pairs, skipped = find_pairs(folder)
+    if not pairs:
+        raise UserError(
+            f"{folder}: no (composite, mask) pairs found; {len(skipped)} composite(s) without a mask"
+        )
+    pairs, clashes = unique_targets(pairs)
+    skipped += clashes
+    harmonizer = load(cfg, tracking_uri)
+    from tqdm import tqdm
+
+    written = 0
+    for comp, mask in tqdm(pairs, desc="harmonize", unit="img"):
+        target = storage.join(output, _stem(comp) + ".png")
+        try:
+            storage.write_bytes_atomic(target, encode_image(harmonizer.harmonize_files(comp, mask), target))
+            written += 1
+        except InputError as exc:
+            skipped.append((comp, str(exc)))
+    for comp, reason in skipped:
+        print(f"skipped {comp}: {reason}", file=sys.stderr)
+    print(f"harmonized {written} of {written + len(skipped)} composites into {output}", file=sys.stderr)
+    return 1 if skipped else 0
+
+
+def load(cfg: HarmonizeConfig, tracking_uri: str | None = None) -> Predictor:
+    """The predictor for ``cfg.model``; a ``runs:/`` or ``models:/`` model is read from an existing
+    MLflow store (``tracking_uri``, ``MLFLOW_TRACKING_URI`` or the project's), never a new empty one."""
+    from components.checkpoint import CheckpointError
+
+    if cfg.model.startswith(("runs:/", "models:/")):
+        try:
+            tracking.configure_reader(tracking_uri)
+        except LookupError as exc:
+            raise UserError(f"model {cfg.model}: {exc}") from None
+    try:
+        return Predictor.from_uri(
+            cfg.model, device=cfg.device, mapping=cfg.mapping, max_pixels=cfg.max_pixels
+        )
+    except CheckpointError as exc:
+        raise UserError(f"model {cfg.model}: {exc}{tracking.store_note(cfg.model)}") from None

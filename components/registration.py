@@ -1,0 +1,144 @@
+"""The ``register`` stage's work: put the evaluated model in the MLflow Model Registry, apply the
+promotion rule (``components.promotion``) and move the ``champion`` / ``challenger`` aliases, write the
+model card and ``register.out``. ``pipeline/register.py`` is its command line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+
+from components import promotion, storage
+from components import registry_mlflow as reg
+from components.cli import UserError
+
+log = logging.getLogger("register")
+
+
+def _read_json(path: str, what: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what} not found (run the previous stage first)") from None
+    except ValueError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+
+
+def champion_value_on(evaluation: dict, champion, metric: str, params) -> float | None:
+    """The champion's overall metric on this evaluation's test set: from its tags, or re-evaluated."""
+    if champion.tags.get("test_set") == evaluation["test_set"]:
+        return reg.metric_from_tags(champion.tags, metric)
+    from components import evaluation as ev
+    from components.checkpoint import load_generator
+    from components.predictor import Predictor
+
+    log.info("champion v%s was scored on another test set; re-evaluating it on this one", champion.version)
+    s3 = storage.S3Options.from_config(params.storage)
+    data = evaluation["data"]
+    if data.startswith("shards:"):
+        samples = ev.shard_samples(params.storage.root, data[len("shards:") :], params.evaluate.split, s3)
+    else:
+        samples = ev.iharmony4_samples(data, params.evaluate.split, s3)
+    model, info = load_generator(f"models:/{champion.name}/{champion.version}")
+    predictor = Predictor(  # the champion at its own training size, scored at native resolution
+        model, int(info["image_size"]), mapping=params.harmonize.mapping, device=params.evaluate.device
+    )
+    rows = ev.evaluate(predictor, samples, s3)
+    return ev.summaries(rows)["harmonized"]["overall"][metric]
+
+
+def run(params) -> dict:
+    """Register and maybe promote the model ``register.eval_in`` names (MLflow configured); returns
+    the result written to ``register.out``."""
+    cfg = params.register
+    try:
+        promotion.check(cfg.metric, cfg.mode)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    evaluation = _read_json(cfg.eval_in, "evaluation summary")
+    run_id = evaluation.get("model_run_id")
+    if not run_id:
+        raise UserError(
+            f"{cfg.eval_in}: the evaluated model ({evaluation.get('model_uri')}) has no MLflow training run; "
+            "only models logged by train can be registered"
+        )
+    try:
+        name = cfg.model_name or reg.registered_name(evaluation.get("generator") or {})
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+    client = MlflowClient()
+    try:
+        train_run = client.get_run(run_id)
+    except Exception as exc:  # noqa: BLE001 - MlflowException for a run that is not in this store
+        raise UserError(
+            f"training run {run_id} not found in MLflow store {mlflow.get_tracking_uri()}: {exc}"
+        ) from None
+
+    version, created = reg.register_run_model(client, name, run_id)
+    for k, v in reg.version_tags(evaluation).items():
+        client.set_model_version_tag(name, version.version, k, v)
+
+    value = evaluation["harmonized"]["overall"][cfg.metric]
+    champion = reg.alias_version(client, name, reg.CHAMPION)
+    rule = promotion.rule_text(cfg.metric, cfg.mode)
+    decision = promotion.decide(
+        value,
+        evaluation["composite"]["overall"][cfg.metric],
+        version.version,
+        champion.version if champion else None,
+        lambda: champion_value_on(evaluation, champion, cfg.metric, params),
+        cfg.metric,
+        cfg.mode,
+        cfg.beat_composite,
+    )
+    if created:
+        client.set_registered_model_alias(name, reg.CHALLENGER, version.version)
+    if decision.promoted:
+        client.set_registered_model_alias(name, reg.CHAMPION, version.version)
+    decision.aliases = sorted(client.get_model_version(name, version.version).aliases)
+    reg.record_decision(client, name, version.version, run_id, decision)
+
+    params_run = {
+        "run_name": train_run.info.run_name,
+        "params": train_run.data.params,
+    }
+    try:
+        dataset_card = json.loads(Path(params.prepare.card).read_text())
+    except (OSError, ValueError):
+        dataset_card = None
+    card = reg.model_card(name, version.version, evaluation, params_run, dataset_card, decision, rule)
+    reg.set_description(client, name, version.version, card)
+    champion_now = reg.alias_version(client, name, reg.CHAMPION)
+    result = {
+        "name": name,
+        "version": int(version.version),
+        "new_version": created,
+        "run_id": run_id,
+        "aliases": decision.aliases,
+        "promoted": decision.promoted,
+        "reason": decision.reason,
+        "champion_version": int(champion_now.version) if champion_now else None,
+        "previous_champion": int(decision.previous_champion) if decision.previous_champion else None,
+        "metric": cfg.metric,
+        "mode": cfg.mode,
+        "value": value,
+        "champion_value": decision.champion_value,
+        "test_set": evaluation["test_set"],
+    }
+    for path, text in ((cfg.card_out, card), (cfg.out, json.dumps(result, indent=2) + "\n")):
+        storage.write_bytes_atomic(path, text.encode())
+    if evaluation.get("eval_run_id"):
+        client.log_text(evaluation["eval_run_id"], card, "model_card.md")
+    showcase = Path(params.evaluate.showcase_out)
+    if showcase.is_file():  # what the version does to test composites, beside the version's model
+        client.log_artifact(run_id, str(showcase), f"showcase/v{version.version}")
+    log.info(
+        "%s v%s (%s): %s -> aliases %s",
+        name, version.version, "new" if created else "already registered", decision.reason, decision.aliases,
+    )  # fmt: skip
+    return result

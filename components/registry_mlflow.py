@@ -89,6 +89,21 @@ class Decision:
     aliases: list[str] = field(default_factory=list)
 
 
+def record_decision(client: MlflowClient, name: str, version: str, run_id: str, decision: Decision) -> None:
+    """The promotion decision on the version (tags) and on its training run (tags), beside the test
+    metrics there: the run and model-version compare pages show why a version is or is not champion."""
+    from components import tracking
+
+    tags = {
+        "promoted": str(decision.promoted).lower(),
+        "promotion_reason": decision.reason,
+        "aliases": ",".join(decision.aliases) or "none",
+    }
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, v)
+    tracking.tag_run(run_id, {**tags, "registered_model": name, "registered_version": version}, client)
+
+
 def version_tags(evaluation: dict, extra: dict | None = None) -> dict[str, str]:
     """Version tags: overall test metrics, test set, dataset hash, placement, links to the runs."""
     gen = evaluation.get("generator") or {}

@@ -151,20 +151,48 @@ def default_artifact_location(experiment: str, uri: str | None = None) -> str | 
     return (db.parent / ARTIFACTS_DIR / safe).as_uri()
 
 
+NOTE_TAG = "mlflow.note.content"  # the experiment's description in the MLflow UI
+# What each experiment holds, shown at the top of its page; other experiment names get a generic note.
+EXPERIMENT_NOTES = {
+    "harmonization-train": (
+        "Training runs of harmonization generators (RainNet, DIH), one per train key. Per epoch: "
+        "val_* metrics (step = epoch) and the sample grid (image key `samples`); per step: `train/*` "
+        "losses (step = global step). After `evaluate`, the test metrics (`test_*`) of the model and of "
+        "the unharmonized composite; after `register`, the registered version and its aliases as tags."
+    ),
+    "harmonization-eval": (
+        "Evaluation runs: one model scored on one test set at native resolution. Tag `model_run_id` "
+        "links to the training run, which receives the same `test_*` metrics."
+    ),
+    "harmonization-ablation": (
+        "Ablation sweeps (RAIN placements x heads): one parent run per sweep with the table and "
+        "figures, one child training run per variant."
+    ),
+}
+
+
+def experiment_note(name: str) -> str:
+    return EXPERIMENT_NOTES.get(name, f"Harmonization pipeline runs ({name}).")
+
+
 def get_or_create_experiment(name: str, client: MlflowClient | None = None) -> Experiment:
-    """The experiment called ``name``, created if missing (safe when two processes race to create it)."""
+    """The experiment called ``name``, created with its description if missing (safe when two processes
+    race to create it); an existing experiment without a description gets one."""
     client = client or MlflowClient()
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
             location = default_artifact_location(name, client.tracking_uri)
-            client.create_experiment(name, artifact_location=location)
+            client.create_experiment(name, artifact_location=location, tags={NOTE_TAG: experiment_note(name)})
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         exp = client.get_experiment_by_name(name)
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
+        exp = client.get_experiment(exp.experiment_id)
+    if NOTE_TAG not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, NOTE_TAG, experiment_note(name))
         exp = client.get_experiment(exp.experiment_id)
     return exp
 
@@ -332,3 +360,100 @@ def log_params_flat(
     for i in range(0, len(items), _BATCH):
         client.log_batch(run_id, params=items[i : i + _BATCH])
     return new
+
+
+# Sections of params.yaml that shape a training run; evaluate / register / harmonize / ablate settings
+# act after it and would only crowd the run's params (and make two identical trainings look different).
+RUN_PARAM_SECTIONS = ("prepare", "model", "train")
+
+
+def run_params(params: Any, sections: tuple[str, ...] = RUN_PARAM_SECTIONS) -> dict[str, Any]:
+    """The nested params of ``sections`` only (``params`` a ``Params`` or its dict)."""
+    data = params.to_dict() if hasattr(params, "to_dict") else dict(params)
+    return {k: v for k, v in data.items() if k in sections}
+
+
+# --------------------------------------------------------------------------------------------------
+# Dataset inputs and results carried back to the training run
+# --------------------------------------------------------------------------------------------------
+
+
+def dataset_entity(name: str, digest: str, source: str, profile: Mapping[str, Any] | None = None):
+    """An MLflow dataset (``MetaDataset``) named ``name`` with the card's content hash as its digest and
+    the manifest (or shard folder) URI as its source: the run's Inputs column, comparable across runs."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    if "://" not in source:
+        source = str(Path(source).resolve())
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local source
+        warnings.simplefilter("ignore", UserWarning)
+        src = resolve_dataset_source(source)
+    from mlflow.entities import Dataset
+
+    entity = MetaDataset(src, name=name, digest=digest[:36])._to_mlflow_entity()
+    if not profile:
+        return entity
+    return Dataset(entity.name, entity.digest, entity.source_type, entity.source, entity.schema,
+                   json.dumps(dict(profile), sort_keys=True))  # fmt: skip
+
+
+def log_dataset_input(
+    run_id: str, name: str, digest: str, source: str, context: str = "training",
+    profile: Mapping[str, Any] | None = None, client: MlflowClient | None = None,
+) -> None:  # fmt: skip
+    """Log the dataset as an input of ``run_id`` (tag ``mlflow.data.context`` = ``context``)."""
+    from mlflow.entities import DatasetInput, InputTag
+
+    client = client or MlflowClient()
+    entity = dataset_entity(name, digest, source, profile)
+    client.log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", context)])])
+
+
+# Overall test metrics copied onto the training run: the model's and the composite's (the baseline).
+RESULT_METRICS = ("mse", "psnr", "fmse", "fpsnr")
+
+
+def log_test_results(run_id: str, summary: Mapping[str, Any], client: MlflowClient | None = None) -> dict:
+    """Put an evaluation's overall test metrics on the training run ``run_id`` (``test_fmse``,
+    ``test_composite_fmse``, ...; tags ``test_set`` and ``eval_run_id``), so the run compare page and
+    the model-version compare page show the numbers that decide promotion. Returns the metrics."""
+    import time
+
+    from mlflow.entities import Metric, RunTag
+
+    client = client or MlflowClient()
+    values = {}
+    for prefix, key in (("test", "harmonized"), ("test_composite", "composite")):
+        overall = summary[key]["overall"]
+        values.update({f"{prefix}_{m}": float(overall[m]) for m in RESULT_METRICS if overall.get(m) is not None})
+    now = int(time.time() * 1000)
+    tags = {"test_set": summary.get("test_set"), "eval_run_id": summary.get("eval_run_id"),
+            "test_data": summary.get("data")}  # fmt: skip
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, v, now, 0) for k, v in values.items()],
+        tags=[RunTag(k, str(v)) for k, v in tags.items() if v is not None],
+    )
+    return values
+
+
+def tag_run(run_id: str, tags: Mapping[str, Any], client: MlflowClient | None = None) -> None:
+    """Set several tags on a run in one call (values turned into strings)."""
+    from mlflow.entities import RunTag
+
+    client = client or MlflowClient()
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def carry_test_results(run_id: str | None, summary: Mapping[str, Any]) -> None:
+    """``log_test_results`` when the model has a training run in this store; a warning otherwise
+    (a generator file trained elsewhere still gets its evaluation run)."""
+    if not run_id:
+        return
+    try:
+        log_test_results(run_id, summary)
+    except MlflowException as exc:
+        log.warning("test metrics not copied to training run %s (%s): %s", run_id, mlflow.get_tracking_uri(), exc)

@@ -184,3 +184,60 @@ def test_against_a_real_server(mlflow_server, tmp_path, monkeypatch):
     assert found.data.metrics["test_fmse.HCOCO"] == 2.0 and found.data.tags["dataset_hash"] == "h"
     path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="summary.json")
     assert json.loads(Path(path).read_text()) == {"a": 1}
+
+
+def test_what_a_training_run_shows_in_the_ui(project, tmp_path):
+    """Experiment description, params of the sections that shaped the run, the dataset as an input
+    (content hash as digest, manifest as source), per-step losses apart from per-epoch curves, the
+    sample grid as a stepped image and at the root, and test results carried back from evaluation."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from components.training.mlflow_logging import RankZeroLogger, find_or_create_run
+
+    uri = T.configure()
+    params = Params()
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text("{}")
+    digest = "ab" * 32
+    dataset = {"name": "default", "digest": digest, "source": str(manifest), "profile": {"content_hash": digest}}
+    run_id, resumed = find_or_create_run("harmonization-train", "r", "key-1", {}, params, dataset=dataset)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("harmonization-train")
+    assert "Training runs" in exp.tags[T.NOTE_TAG]
+    run = client.get_run(run_id)
+    sections = {k.split(".", 1)[0] for k in run.data.params}
+    assert sections == {"prepare", "model", "train"}, sections  # no evaluate.*, register.*, harmonize.*
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.name == "default" and digest.startswith(inp.dataset.digest)
+    assert json.loads(inp.dataset.source)["uri"] == str(manifest.resolve())
+    assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "training"
+    # A resumed run gets no second input.
+    assert find_or_create_run("harmonization-train", "r", "key-1", {}, params, dataset=dataset) == (run_id, True)
+    assert len(client.get_run(run_id).inputs.dataset_inputs) == 1
+
+    logger = RankZeroLogger(uri, run_id, enabled=True, system_metrics=False)
+    logger.log_step(7, {"loss_g": 1.5})
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 12, 3), 200, np.uint8)).save(buf, format="PNG")
+    assert logger.log_epoch(1, {"val_fmse": 300.0}, {"samples/epoch_001.png": buf.getvalue()})
+    logger.close()
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "train/loss_g")] == [(7, 1.5)]
+    assert [m.step for m in client.get_metric_history(run_id, "val_fmse")] == [1]
+    assert "loss_g" not in client.get_run(run_id).data.metrics
+    root = {f.path for f in client.list_artifacts(run_id)}
+    assert "samples.png" in root and "images" in root  # latest grid at the root; log_image's folder
+    assert any(f.path.startswith("images/samples+step+1+") for f in client.list_artifacts(run_id, "images"))
+
+    summary = {
+        "harmonized": {"overall": {"mse": 10.0, "psnr": 30.0, "fmse": 200.0, "fpsnr": 25.0}},
+        "composite": {"overall": {"mse": 20.0, "psnr": 28.0, "fmse": 400.0, "fpsnr": 22.0}},
+        "test_set": "ts1", "eval_run_id": "e1", "data": "shards:default",
+    }  # fmt: skip
+    T.carry_test_results(run_id, summary)
+    T.carry_test_results("no-such-run", summary)  # a model trained elsewhere: a warning, no error
+    run = client.get_run(run_id)
+    assert run.data.metrics["test_fmse"] == 200.0 and run.data.metrics["test_composite_fmse"] == 400.0
+    assert run.data.tags["test_set"] == "ts1" and run.data.tags["eval_run_id"] == "e1"

@@ -2,19 +2,24 @@
 
 A training is identified by its *train key* (run name + a fingerprint of the settings that shape the
 trajectory, see ``launch.train_key``), stored as the tag ``train_key``. Rerunning the same key reopens the
-same MLflow run. Metrics are logged with explicit steps (per-step losses: the global step; per-epoch
-validation metrics: the epoch), and on a resume rank 0 first reads how far the run already got, then
-skips what is already there: a crash between logging and checkpointing cannot produce two values for
-one step.
+same MLflow run. Metrics are logged with explicit steps, apart by prefix so the UI groups and plots them
+apart: per-step losses as ``train/<loss>`` at the global step, per-epoch metrics (``val_*``, ``lr``,
+throughput) at the epoch. The epoch's sample grid goes through ``log_image`` (key ``samples``, step =
+epoch; the UI's image charts slide through epochs) and as ``samples.png`` at the run's root (the
+latest, one name in every run, so the run compare page shows two runs' grids side by side). On a
+resume rank 0 first reads how far the run already got, then skips what is already there: a crash
+between logging and checkpointing cannot produce two values for one step.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
@@ -25,19 +30,31 @@ from components import tracking
 log = logging.getLogger(__name__)
 
 TRAIN_KEY_TAG = "train_key"
-STEP_METRIC = "loss_g"  # its history tells how many steps were logged
+STEP_PREFIX = "train/"  # per-step losses: train/loss_g at the global step
+STEP_METRIC = STEP_PREFIX + "loss_g"  # its history tells how many steps were logged
 EPOCH_METRIC = "val_fmse"  # its history tells how many epochs were logged
+SAMPLES_DIR = "samples/"  # epoch artifacts under it are image grids: logged with log_image
+SAMPLES_KEY = "samples"  # the image key (one image per epoch step)
+LATEST_SAMPLES = "samples.png"  # the latest grid at the run's root, common to every training run
 SYSTEM_METRICS_INTERVAL_S = 5.0
 
 
 def find_or_create_run(
-    experiment: str, run_name: str, key: str, tags: dict[str, str], params, extra_params: dict | None = None
+    experiment: str,
+    run_name: str,
+    key: str,
+    tags: dict[str, str],
+    params,
+    extra_params: dict | None = None,
+    dataset: dict[str, Any] | None = None,
 ) -> tuple[str, bool]:
     """``(run_id, resumed)``: the run tagged ``train_key == key`` in ``experiment``, else a new one.
 
-    Params are the flattened config; on a resume only keys not yet logged are added (MLflow params are
-    immutable; the settings allowed to change between resumes, like ``train.epochs``, keep their
-    first value there and the current one is in the run's ``epochs_planned`` tag).
+    Params are the flattened ``prepare`` / ``model`` / ``train`` sections (what shaped the run); on a
+    resume only keys not yet logged are added (MLflow params are immutable; the settings allowed to
+    change between resumes, like ``train.epochs``, keep their first value there and the current one is
+    in the run's ``epochs_planned`` tag). ``dataset`` (``name``, ``digest``, ``source``, optional
+    ``profile``) is logged as the run's training input.
     """
     client = MlflowClient()
     exp = tracking.get_or_create_experiment(experiment, client)
@@ -52,10 +69,25 @@ def find_or_create_run(
             client.create_run(exp.experiment_id, run_name=run_name, tags=tags).info.run_id,
             False,
         )
-    tracking.log_params_flat(params, run_id=run_id, on_conflict="keep", client=client)
+    tracking.log_params_flat(tracking.run_params(params), run_id=run_id, on_conflict="keep", client=client)
+    if dataset and not resumed:
+        tracking.log_dataset_input(run_id, client=client, context="training", **dataset)
     if extra_params:
         tracking.log_params_flat(extra_params, run_id=run_id, on_conflict="keep", client=client)
     return run_id, resumed
+
+
+def training_dataset(params, name: str, digest: str) -> dict[str, Any]:
+    """The run input for dataset ``name``: the prepare manifest DVC tracks when it describes this
+    dataset, else the shard folder under ``storage.root``; the card's content hash as digest."""
+    from components.data import shards
+
+    manifest = Path(params.prepare.manifest)
+    if name == params.prepare.name and manifest.is_file():
+        source = str(manifest.resolve())
+    else:
+        source = shards.dataset_dir(params.storage.root, name)
+    return {"name": name, "digest": digest, "source": source, "profile": {"content_hash": digest}}
 
 
 def last_step(client: MlflowClient, run_id: str, metric: str) -> int:
@@ -95,23 +127,35 @@ class RankZeroLogger:
             self.client.log_batch(self.run_id, metrics=metrics[i : i + 500])
 
     def log_step(self, step: int, losses: dict[str, float]) -> None:
+        """Losses as ``train/<name>`` at the global step (apart from the per-epoch curves)."""
         if self.enabled and step > self.done_step:
-            self._log(losses, step)
+            self._log({STEP_PREFIX + k: v for k, v in losses.items()}, step)
 
     def log_epoch(
         self, epoch: int, values: dict[str, float], artifacts: dict[str, bytes] | None = None
     ) -> bool:
-        """Log one epoch's metrics (step = epoch) and files (``{"samples/epoch_001.png": bytes}``).
+        """Log one epoch's metrics (step = epoch) and files (``{"plots/convergence.png": bytes}``);
+        PNGs under ``samples/`` are image grids, logged as the ``samples`` image at step ``epoch``.
 
         Returns False (and logs nothing) when this epoch is already in the run.
         """
         if not self.enabled or epoch <= self.done_epoch:
             return False
         for name, data in (artifacts or {}).items():
-            self.log_bytes(name, data)
+            if name.startswith(SAMPLES_DIR) and name.endswith(".png"):
+                self.log_samples(epoch, data)
+            else:
+                self.log_bytes(name, data)
         self._log(values, epoch)
         self.done_epoch = epoch
         return True
+
+    def log_samples(self, epoch: int, png: bytes) -> None:
+        """The epoch's sample grid: image ``samples`` at step ``epoch``, and ``samples.png`` (latest)."""
+        from PIL import Image
+
+        self.client.log_image(self.run_id, Image.open(io.BytesIO(png)), key=SAMPLES_KEY, step=epoch)
+        self.log_bytes(LATEST_SAMPLES, png)
 
     def log_bytes(self, artifact_file: str, data: bytes) -> None:
         if not self.enabled:

@@ -59,7 +59,7 @@ def test_two_workers_killed_run_resumes_from_its_checkpoint(tiny_local):
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FAILED"
     assert steps(client, run.info.run_id, "val_fmse") == [1]
-    logged_steps = steps(client, run.info.run_id, "loss_g")
+    logged_steps = steps(client, run.info.run_id, "train/loss_g")
     assert logged_steps and max(logged_steps) == 2  # 16 rows / 2 workers / batch 4 = 2 steps per epoch
 
     # Same command again: resumes at epoch 2 in the same MLflow run, nothing logged twice.
@@ -73,7 +73,7 @@ def test_two_workers_killed_run_resumes_from_its_checkpoint(tiny_local):
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED"
     assert steps(client, run.info.run_id, "val_fmse") == [1, 2]
-    assert steps(client, run.info.run_id, "loss_g") == sorted(set(logged_steps) | {4})
+    assert steps(client, run.info.run_id, "train/loss_g") == sorted(set(logged_steps) | {4})
     assert {"git_commit", "dataset_hash", "model", "placement"} <= set(run.data.tags)
     assert run.data.tags["placement"] == "rain-decoder"
     assert run.data.params["train.num_workers"] == "2"

@@ -41,7 +41,7 @@ from components.data.dataset import open_dataset
 from components.models import losses
 from components.training import engine, remote
 from components.training.loop import FAULT_ENV, read_state, train_loop_per_worker
-from components.training.mlflow_logging import find_or_create_run
+from components.training.mlflow_logging import find_or_create_run, training_dataset
 
 log = logging.getLogger(__name__)
 
@@ -362,6 +362,7 @@ def train(
     run_id, resumed = find_or_create_run(
         t.experiment, run_name, key, run_tags, params,
         extra_params={"generator_spec": gen_spec, **(extra_params or {})},
+        dataset=training_dataset(params, dataset_name(params), data_hash),
     )  # fmt: skip
     log.info("train key %s, MLflow run %s (%s)", key, run_id, "resumed" if resumed else "new")
 

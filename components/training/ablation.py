@@ -483,7 +483,7 @@ def init_ray(params: Params, probe: Params) -> None:
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+        ray.init(log_to_driver=True, logging_level=logging.WARNING)  # start-up chatter off, errors kept
         return
     t, a = probe.train, params.ablate
     per_trial = t.num_workers * t.cpus_per_worker + a.trial_cpus
@@ -491,7 +491,8 @@ def init_ray(params: Params, probe: Params) -> None:
         num_cpus=max(1, math.ceil(max(1, a.max_concurrent_trials) * per_trial)),
         num_gpus=None if t.use_gpu else 0,
         object_store_memory=256 * 1024**2,
-        log_to_driver=True,
+        log_to_driver=True,  # rank 0 prints the progress lines (components/progress.py)
+        logging_level=logging.WARNING,
     )
 
 

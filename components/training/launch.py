@@ -148,14 +148,15 @@ def init_ray(params: Params) -> None:
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+        ray.init(log_to_driver=True, logging_level=logging.WARNING)  # start-up chatter off, errors kept
         return
     t = params.train
     ray.init(
         num_cpus=max(1, t.num_workers * t.cpus_per_worker),
         num_gpus=None if t.use_gpu else 0,
         object_store_memory=256 * 1024**2,
-        log_to_driver=True,
+        log_to_driver=True,  # rank 0 prints the progress lines (components/progress.py)
+        logging_level=logging.WARNING,
     )
 
 

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from components.data.shards import ShardDataset
+from components.progress import Progress
 from components.training import engine, figures
 from components.training.mlflow_logging import RankZeroLogger
 
@@ -96,6 +97,7 @@ def train_loop_per_worker(config: dict) -> None:
     total_epochs = t.epochs + t.decay_epochs
     fault_after = int(os.environ.get(FAULT_ENV, "0") or 0)
     logger = RankZeroLogger(config["tracking_uri"], config["run_id"], enabled=rank == 0)
+    progress = Progress(state.epoch + 1, total_epochs, steps, enabled=rank == 0)  # lines on the driver
     status = "FAILED"
     try:
         for epoch in range(state.epoch + 1, total_epochs + 1):
@@ -105,12 +107,14 @@ def train_loop_per_worker(config: dict) -> None:
             sums: dict[str, float] = {}
             count = 0
             t0 = time.perf_counter()
+            progress.begin_epoch()
             for i, batch in enumerate(train_loader):
                 if i >= steps:
                     break
                 losses = engine.train_step(state, batch, t, device, t.amp)
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + v
+                progress.step(epoch, i, losses)
                 count += 1
                 if state.global_step % t.log_every_steps == 0 or i == steps - 1:
                     logger.log_step(state.global_step, {k: v / count for k, v in sums.items()})
@@ -132,6 +136,7 @@ def train_loop_per_worker(config: dict) -> None:
                 "epoch_time_s": time.perf_counter() - t0,
             }
             state.history.append(row)
+            progress.end_epoch(row)
             engine.track_best(state, row["val_fmse"])
 
             if rank == 0:

@@ -364,9 +364,13 @@ def main_workspace(path: str | Path | None = None) -> Path | None:
 
 
 def _resolve_storage(params: Params) -> Params:
+    """In a DVC temporary workspace a relative ``storage.root`` is the project's, unless DVC checked the
+    datasets out there (``prepare``'s output): then the workspace is self-contained, and a ``prepare``
+    rerun inside it writes where DVC looks for its output."""
     main = main_workspace()
     root = params.storage.root
-    if main is not None and "://" not in root and not Path(root).is_absolute():
+    local = "://" not in root and not Path(root).is_absolute()
+    if main is not None and local and not (Path(root) / "datasets").is_dir():
         params.storage.root = str(main / root)
     return params
 

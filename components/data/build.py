@@ -294,15 +294,17 @@ def prepare_dataset(cfg: PrepareConfig, storage_cfg: StorageConfig, progress: bo
         )
     skipped: Counter = Counter()
     converted: Counter = Counter()
+    skipped_inputs: list[dict] = []  # the detail goes to the card; the log gets one summary line
 
     def record(outcome: Outcome) -> None:
         for reason, name in outcome.notes:
             converted[reason] += 1
-            log.info("converted %s: %s", name, reason)
+            log.debug("converted %s: %s", name, reason)
         if outcome.skip:
             s = outcome.skip
             skipped[s.reason] += 1
-            log.warning("skipped %s: %s%s", s.name, s.reason, f" ({s.detail})" if s.detail else "")
+            skipped_inputs.append({"input": s.name, "reason": s.reason, "detail": s.detail or ""})
+            log.debug("skipped %s: %s%s", s.name, s.reason, f" ({s.detail})" if s.detail else "")
 
     for lst in listings:
         for s in lst.skipped:
@@ -399,6 +401,12 @@ def prepare_dataset(cfg: PrepareConfig, storage_cfg: StorageConfig, progress: bo
         skipped=dict(sorted(skipped.items())),
         converted=dict(sorted(converted.items())),
     )
+    card_dict["skipped_inputs"] = skipped_inputs
+    if skipped:
+        log.info(
+            "skipped %d inputs (expected: %s); each is listed in %s (skipped_inputs)",
+            sum(skipped.values()), ", ".join(f"{n} {r}" for r, n in sorted(skipped.items())), cfg.card,
+        )  # fmt: skip
     manifest = writer.publish(  # the one step that makes the new version the dataset
         card_dict["content_hash"], cfg.image_size, test_max_side=cfg.test_max_side, card=cfg.card
     )

@@ -79,9 +79,11 @@ def test_bad_photos_masks_inputs(tmp_path, caplog):
     assert card["converted"] == {
         "converted_16bit": 1, "converted_grayscale": 1, "converted_rgba": 1, "mask_binarized": 1,
     }  # fmt: skip
-    log = caplog.text
-    for name, reason in expected.items():
-        assert any(name in line and reason in line for line in log.splitlines()), (name, reason)
+    listed = [f"{i['input']} {i['detail']}: {i['reason']}" for i in card["skipped_inputs"]]
+    for name, reason in expected.items():  # the card names each skipped input, the log sums them up
+        assert any(name in line and line.endswith(reason) for line in listed), (name, reason, listed)
+    summary = [line for line in caplog.text.splitlines() if "skipped 7 inputs" in line]
+    assert len(summary) == 1 and "unreadable" in summary[0], caplog.text
     kept = {r["scene_id"].split("/")[1] for r in read_rows(manifest)}
     assert kept == {"good00", "good01", "good02", "good03", "soft", "gray", "rgba", "deep16"}
     for r in read_rows(manifest):  # converted photos: grey stays grey in the real image
@@ -109,7 +111,9 @@ def test_bad_iharmony4_inputs(tmp_path, caplog):
     )
     card = json.loads((tmp_path / "out" / "card.json").read_text())
     assert card["skipped"] == {"missing_mask": 1, "missing_real": 1}
-    assert "r2_1_1.jpg: missing_real" in caplog.text and "r1_1_1.jpg: missing_mask" in caplog.text
+    listed = {(Path(i["input"]).name, i["reason"]) for i in card["skipped_inputs"]}
+    assert {("r2_1_1.jpg", "missing_real"), ("r1_1_1.jpg", "missing_mask")} <= listed, listed
+    assert "skipped 2 inputs (expected: 1 missing_mask, 1 missing_real)" in caplog.text
     rows = read_rows(manifest)
     assert [(r["sample_id"], r["split"], r["subset"]) for r in rows] == [("HTest/r0_1_1", "test", "HTest")]
 

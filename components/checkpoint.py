@@ -8,8 +8,12 @@ weights that do not fit the architecture fail loudly instead of leaving layers a
 
 from __future__ import annotations
 
+import hashlib
 import io
+import logging
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +21,13 @@ import torch
 
 from components import storage
 
+log = logging.getLogger(__name__)
+
 FORMAT = "harmonize-generator/1"
 MLFLOW_ARTIFACT = "generator.pt"  # file name inside the MLflow model's artifacts
+# sha256 of the generator file, recorded in the tracking store (run tag at log time, registered-version
+# tag at register time): what an artifact-store file is checked against before it is unpickled.
+HASH_TAG = "generator_sha256"
 
 
 class CheckpointError(ValueError):
@@ -40,6 +49,11 @@ def generator_payload(
     }
 
 
+def nonfinite_keys(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or Inf (a diverged network)."""
+    return [k for k, v in state_dict.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+
+
 def save_generator(
     uri: str,
     model: torch.nn.Module,
@@ -50,6 +64,9 @@ def save_generator(
 ) -> dict[str, Any]:
     """Write the generator file atomically to a local path or ``s3://`` URI; returns the payload."""
     payload = generator_payload(model, spec, image_size, meta)
+    bad = nonfinite_keys(payload["state_dict"])
+    if bad:
+        raise CheckpointError(f"{uri}: not written: the weights are not finite ({', '.join(bad[:3])}, ...)")
     buf = io.BytesIO()
     torch.save(payload, buf)
     storage.write_bytes_atomic(str(uri), buf.getvalue(), s3=s3)
@@ -75,12 +92,49 @@ def _mlflow_local_file(uri: str) -> str:
     raise CheckpointError(f"{uri}: no {MLFLOW_ARTIFACT} inside the downloaded MLflow model at {local}")
 
 
+def recorded_sha256(uri: str) -> str | None:
+    """The generator sha256 the tracking store recorded for a ``runs:/`` or ``models:/`` URI: the
+    registered version's tag (else its run's), or the run's tag; None when nothing was recorded."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        if uri.startswith("runs:/"):
+            return client.get_run(uri[len("runs:/") :].split("/", 1)[0]).data.tags.get(HASH_TAG)
+        ref = uri[len("models:/") :].split("/")
+        if "@" in ref[0]:
+            name, alias = ref[0].split("@", 1)
+            mv = client.get_model_version_by_alias(name, alias)
+        elif len(ref) > 1 and ref[1].isdigit():
+            mv = client.get_model_version(ref[0], ref[1])
+        else:
+            return None  # a logged-model id (models:/m-...) or latest: no registry record to check
+        return mv.tags.get(HASH_TAG) or client.get_run(mv.run_id).data.tags.get(HASH_TAG)
+    except MlflowException as exc:
+        raise CheckpointError(f"{uri}: cannot read its record from MLflow: {exc}") from exc
+
+
+def _verified_mlflow_bytes(uri: str) -> bytes:
+    """The generator file of an MLflow model, checked against the hash the tracking store recorded."""
+    data = Path(_mlflow_local_file(uri)).read_bytes()
+    expected = recorded_sha256(uri)
+    if expected is None:
+        log.warning("%s: no %s recorded in MLflow (logged before hashes); loading it unverified", uri, HASH_TAG)
+    elif sha256_hex(data) != expected:
+        raise CheckpointError(
+            f"{uri}: the generator file in the artifact store (sha256 {sha256_hex(data)[:12]}...) is not "
+            f"the one recorded in MLflow ({expected[:12]}...); refusing to load it"
+        )
+    return data
+
+
 def read_payload(uri: str, map_location: str | torch.device = "cpu", s3=None) -> dict[str, Any]:
-    """Read and check the file's dict without building the network."""
+    """Read and check the file's dict without building the network (MLflow models: hash first)."""
     uri = str(uri)
     try:
         if uri.startswith(("runs:/", "models:/")):
-            data = Path(_mlflow_local_file(uri)).read_bytes()
+            data = _verified_mlflow_bytes(uri)
         else:
             data = storage.read_bytes(uri, s3=s3)
     except CheckpointError:
@@ -127,3 +181,83 @@ def load_generator(
     info = {k: v for k, v in payload.items() if k != "state_dict"}
     info["uri"] = str(uri)
     return model, info
+
+
+# --------------------------------------------------------------------------------------------------
+# Integrity: a sha256 written next to every file at save, checked before a byte of it is unpickled
+# --------------------------------------------------------------------------------------------------
+
+HASH_SUFFIX = ".sha256"
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_with_hash(directory: str | Path, name: str, data: bytes) -> None:
+    """``<directory>/<name>`` and ``<name>.sha256`` (its hex digest) in a local folder."""
+    Path(directory, name).write_bytes(data)
+    Path(directory, name + HASH_SUFFIX).write_text(sha256_hex(data) + "\n")
+
+
+def read_verified(uri: str, s3: storage.S3Options | None = None, require_hash: bool = True) -> bytes:
+    """The bytes of ``uri`` after checking them against ``<uri>.sha256``; ``CheckpointError`` naming
+    the file when it is unreadable or does not match (truncated, overwritten). A file without a hash
+    (written before hashes existed) passes unverified unless ``require_hash``."""
+    try:
+        data = storage.read_bytes(uri, s3=s3)
+    except OSError as exc:
+        raise CheckpointError(f"{uri}: cannot read it: {exc}") from None
+    try:
+        expected = storage.read_bytes(uri + HASH_SUFFIX, s3=s3).decode().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        if require_hash:
+            raise CheckpointError(f"{uri}: no readable {HASH_SUFFIX} next to it: {exc}") from None
+        return data
+    got = sha256_hex(data)
+    if got != expected:
+        raise CheckpointError(
+            f"{uri}: sha256 {got[:12]}... does not match the {expected[:12]}... recorded at save "
+            f"({len(data)} bytes; truncated or overwritten)"
+        )
+    return data
+
+
+def newest_intact(
+    root: str, name: str, prefix: str, load: Callable[[bytes], Any], s3: storage.S3Options | None = None
+) -> tuple[str | None, Any, list[str]]:
+    """The newest ``<root>/<prefix>NNNN/<name>`` that passes its hash and ``load``, by the number in the
+    folder name (not by what any tracker recorded last).
+
+    Returns ``(folder uri, load(bytes), problems)``: ``problems`` names every newer file that was
+    skipped and why; ``(None, None, problems)`` when no folder holds an intact file.
+    """
+    try:
+        folders = [d for d in storage.list_dirs(root, s3=s3) if d.startswith(prefix)]
+    except OSError as exc:
+        raise CheckpointError(f"{root}: cannot list the checkpoints: {exc}") from None
+    pattern = re.compile(re.escape(prefix) + r"(\d+)(?:\.r(\d+))?")  # epoch_0003, a retrained epoch_0003.r1
+    found = [(m, d) for d in folders if (m := pattern.fullmatch(d))]
+    numbered = sorted(((int(m[1]), int(m[2] or 0)), d) for m, d in found)[::-1]
+    problems: list[str] = []
+    for _, folder in numbered:
+        uri = storage.join(root, folder)
+        path = storage.join(uri, name)
+        try:
+            data = read_verified(path, s3=s3, require_hash=False)
+        except CheckpointError as exc:
+            problems.append(str(exc))
+            continue
+        try:
+            return uri, load(data), problems
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped the same way
+            problems.append(f"{path}: cannot be loaded: {exc}")
+    return None, None, problems

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -135,6 +136,9 @@ class TrainConfig:
     cpus_per_worker: int = 1
     gpus_per_worker: float = 1.0
     max_failures: int = 1
+    # Steps whose loss is NaN / Inf are skipped (and counted: MLflow metric nonfinite_steps); this many in
+    # a row stop the training with an error (the weights have diverged: lower train.lr).
+    max_nonfinite_steps: int = 5
     log_every_steps: int = 10
     max_steps_per_epoch: int | None = None
     sample_grid: int = 4  # validation samples in the per-epoch grid PNG
@@ -274,6 +278,15 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads 1e9 (no dot) as a string; a user who writes lr=1e9 means the number.
+            try:
+                number = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+            if not math.isfinite(number):
+                raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+            return number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -296,6 +309,55 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
     kwargs = {k: _check_type(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
+
+
+# Ranges checked after the types: (section, key, test, what the key must be). A value out of range is a
+# ConfigError before any data is read or Ray is started, not a hang or a crash deep inside training.
+_POSITIVE = (lambda v: 0 < v < math.inf, "a finite number greater than 0")
+FLOAT32_MAX = 3.4028234663852886e38  # the weights are float32: a larger lr overflows inside the optimizer
+_AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
+_NOT_NEGATIVE = (lambda v: v >= 0, "0 or more")
+_FRACTION = (lambda v: 0 <= v <= 1, "between 0 and 1")
+_BETA = (lambda v: 0 <= v < 1, "in [0, 1)")
+RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
+    ("train", "epochs"): _NOT_NEGATIVE,
+    ("train", "decay_epochs"): _NOT_NEGATIVE,
+    ("train", "batch_size"): _AT_LEAST_1,
+    ("train", "lr"): (lambda v: 0 < v <= FLOAT32_MAX, "a number greater than 0 that float32 holds (<= 3.4e38)"),
+    ("train", "beta1"): _BETA,
+    ("train", "beta2"): _BETA,
+    ("train", "num_workers"): _AT_LEAST_1,
+    ("train", "cpus_per_worker"): _AT_LEAST_1,
+    ("train", "gpus_per_worker"): _POSITIVE,
+    ("train", "max_failures"): (lambda v: v >= -1, "-1 (retry forever) or more"),
+    ("train", "max_nonfinite_steps"): _AT_LEAST_1,
+    ("train", "log_every_steps"): _AT_LEAST_1,
+    ("train", "max_steps_per_epoch"): _AT_LEAST_1,
+    ("train", "checkpoints_to_keep"): _AT_LEAST_1,
+    ("train", "sample_grid"): _NOT_NEGATIVE,
+    ("train", "colour_jitter"): _FRACTION,
+    ("train", "identity_fraction"): _FRACTION,
+    ("train", "fn_min_area"): _POSITIVE,
+    ("ablate", "epochs"): _NOT_NEGATIVE,
+    ("ablate", "decay_epochs"): _NOT_NEGATIVE,
+    ("ablate", "num_workers"): _AT_LEAST_1,
+    ("ablate", "cpus_per_worker"): _AT_LEAST_1,
+    ("ablate", "gpus_per_worker"): _POSITIVE,
+    ("evaluate", "batch_size"): _AT_LEAST_1,
+    ("prepare", "image_size"): _AT_LEAST_1,
+}
+
+
+def check_ranges(params: Params) -> Params:
+    """``ConfigError`` naming the first key whose value is out of its range (null always passes)."""
+    for (section, key), (ok, what) in RANGES.items():
+        value = getattr(getattr(params, section), key)
+        if value is not None and not ok(value):
+            raise ConfigError(f"{section}.{key}={value!r}: expected {what}")
+    t = params.train
+    if t.epochs + t.decay_epochs < 1:
+        raise ConfigError(f"train.epochs + train.decay_epochs = {t.epochs + t.decay_epochs}: expected at least 1")
+    return params
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -390,14 +452,14 @@ def load_params(
         data = _deep_merge(data, _read_yaml(prof))
     data = apply_overrides(data, overrides)
     try:
-        return _resolve_storage(_from_dict(Params, data, ""))
+        return _resolve_storage(check_ranges(_from_dict(Params, data, "")))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
 
 def params_from_dict(data: dict, overrides: typing.Iterable[str] = ()) -> Params:
     """Build ``Params`` from a mapping (the defaults for anything missing), e.g. without a params file."""
-    return _from_dict(Params, apply_overrides(data, overrides), "")
+    return check_ranges(_from_dict(Params, apply_overrides(data, overrides), ""))
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

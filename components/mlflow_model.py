@@ -5,6 +5,13 @@ of ``mlflow.pyfunc.load_model("runs:/<id>/model")`` or ``models:/rainnet@champio
 knowledge of tensors, value ranges or padding. The generator file (``components.checkpoint``) is the
 model's one artifact; the ``components`` package travels along as code, so the model loads anywhere
 the pip requirements are installed.
+
+Logged as a model *from code* (``components/pyfunc_entry.py``): no pickled Python object is stored, so
+writing to the artifact store is not a way to smuggle a pickle into the loader. The generator file's
+sha256 is recorded at log time (the model's ``model_config``, and the run tag ``generator_sha256`` in
+the tracking store, which ``register`` copies onto the version); ``load_context`` and
+``components.checkpoint`` (``runs:/`` and ``models:/`` URIs) check it before ``torch.load``
+(``weights_only=True``).
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ import mlflow
 import numpy as np
 import torch
 
-from components.checkpoint import MLFLOW_ARTIFACT
+from components.checkpoint import HASH_TAG, MLFLOW_ARTIFACT
 
 ARTIFACT_KEY = "generator"
+HASH_KEY = HASH_TAG  # model_config key, run tag and registered-version tag
+ENTRY_FILE = Path(__file__).resolve().with_name("pyfunc_entry.py")
 MODEL_NAME = "model"  # artifact path / logged-model name inside the training run
 
 
@@ -42,9 +51,15 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper: loads the generator file from the model's artifacts, harmonizes uint8 arrays."""
 
     def load_context(self, context):
+        from components.checkpoint import CheckpointError, file_sha256
         from components.predictor import Predictor
 
-        self.predictor = Predictor.from_uri(context.artifacts[ARTIFACT_KEY])
+        path = context.artifacts[ARTIFACT_KEY]
+        expected = (context.model_config or {}).get(HASH_KEY)
+        if expected and file_sha256(path) != expected:
+            raise CheckpointError(f"{path}: sha256 does not match the {expected[:12]}... recorded when the "
+                                  "model was logged; refusing to load it")  # fmt: skip
+        self.predictor = Predictor.from_uri(path)
 
     def predict(self, context, model_input, params=None):
         """The same ``Predictor`` as ``harmonize`` and ``evaluate``: each image at its native size."""
@@ -104,9 +119,13 @@ def log_generator_model(
     generator_file = Path(generator_file)
     if generator_file.name != MLFLOW_ARTIFACT:
         raise ValueError(f"{generator_file}: the generator artifact must be named {MLFLOW_ARTIFACT}")
+    from components.checkpoint import file_sha256
+
+    digest = file_sha256(generator_file)
     kwargs = dict(
         name=name,
-        python_model=GeneratorModel(),
+        python_model=str(ENTRY_FILE),
+        model_config={HASH_KEY: digest},
         artifacts={ARTIFACT_KEY: str(generator_file)},
         code_paths=[str(components_dir)],
         signature=signature(),
@@ -114,10 +133,11 @@ def log_generator_model(
         pip_requirements=pip_requirements(),
         registered_model_name=registered_model_name,
     )
-    if run_id is None:
-        return mlflow.pyfunc.log_model(**kwargs)
     active = mlflow.active_run()
-    if active is not None and active.info.run_id == run_id:
-        return mlflow.pyfunc.log_model(**kwargs)
-    with mlflow.start_run(run_id=run_id):
-        return mlflow.pyfunc.log_model(**kwargs)
+    if run_id is None or (active is not None and active.info.run_id == run_id):
+        info = mlflow.pyfunc.log_model(**kwargs)
+    else:
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(**kwargs)
+    mlflow.MlflowClient().set_tag(info.run_id, HASH_KEY, digest)  # in the tracking store, not the artifacts
+    return info

@@ -18,6 +18,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from components import metrics
+from components.checkpoint import HASH_TAG, CheckpointError, nonfinite_keys, read_payload
+from components.cli import UserError
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +77,25 @@ def register_run_model(client: MlflowClient, name: str, run_id: str, artifact_pa
     existing = version_for_run(client, name, run_id)
     if existing is not None:
         return existing, False
+    check_registrable(f"runs:/{run_id}/{artifact_path}")
     ensure_registered_model(client, name)
     mv = mlflow.register_model(f"runs:/{run_id}/{artifact_path}", name)
+    digest = client.get_run(run_id).data.tags.get(HASH_TAG)
+    if digest:  # the version keeps the hash of its own file, whatever the run logs later
+        client.set_model_version_tag(name, mv.version, HASH_TAG, digest)
     return client.get_model_version(name, mv.version), True
+
+
+def check_registrable(uri: str) -> None:
+    """``UserError`` (exit 2) unless the model's generator file matches its recorded hash and its weights
+    are finite: a diverged (NaN) or tampered model never gets a version."""
+    try:
+        payload = read_payload(uri)
+    except CheckpointError as exc:
+        raise UserError(f"not registered: {exc}") from None
+    bad = nonfinite_keys(payload["state_dict"])
+    if bad:
+        raise UserError(f"{uri}: not registered: the weights are not finite ({', '.join(bad[:3])}, ...)")
 
 
 @dataclass

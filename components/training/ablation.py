@@ -44,6 +44,7 @@ from components.models.rainnet import PLACEMENTS, num_blocks_for, resolve_placem
 from components.models.registry import allowed_arguments, build_model
 from components.training import launch, remote
 from components.training.loop import FAULT_ENV
+from components.training.preflight import check_cluster_gpus, check_local_gpus
 
 log = logging.getLogger(__name__)
 
@@ -532,6 +533,10 @@ def run(params: Params, command: str = "python -m pipeline.ablate") -> dict[str,
         launch.check_inputs(per_variant[v.id])
     probe = per_variant[variants[0].id]
     epochs = probe.train.epochs + probe.train.decay_epochs
+    if probe.train.use_gpu:  # before the parent MLflow run exists: a missing GPU leaves nothing RUNNING
+        check_local_gpus(probe.train, "ablate")
+        init_ray(params, probe)
+        check_cluster_gpus(probe.train, "ablate")
     data_hash = launch.dataset_hash(params, inputs.s3)
     key = sweep_key(params, variants, data_hash)
     uri = tracking.configure()

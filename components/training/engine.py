@@ -49,6 +49,8 @@ class TrainState:
     global_step: int = 0
     history: list[dict] = field(default_factory=list)
     best: dict | None = None  # {"epoch", "val_fmse", "generator": state dict} of the best val epoch
+    nonfinite_steps: int = 0  # steps skipped because a loss was NaN / Inf (all of training)
+    nonfinite_in_a_row: int = 0  # ... of which the latest, without a finite step between
 
     @property
     def gan(self) -> bool:
@@ -128,6 +130,7 @@ def state_dict(state: TrainState) -> dict[str, Any]:
         "global_step": state.global_step,
         "history": list(state.history),
         "best": state.best,
+        "nonfinite_steps": state.nonfinite_steps,
     }
     if state.gan:
         out.update(
@@ -155,6 +158,7 @@ def load_state_dict(state: TrainState, data: dict[str, Any]) -> None:
     state.global_step = int(data["global_step"])
     state.history = list(data.get("history", []))
     state.best = data.get("best")
+    state.nonfinite_steps = int(data.get("nonfinite_steps", 0))
 
 
 def track_best(state: TrainState, val_fmse: float) -> bool:
@@ -202,6 +206,51 @@ def average_gradients(nets: Iterable[torch.nn.Module]) -> None:
         offset += g.numel()
 
 
+class NonFiniteLossError(RuntimeError):
+    """Too many steps in a row with a NaN / Inf loss: the weights have diverged."""
+
+
+def all_finite(*values: torch.Tensor | None) -> bool:
+    """True when every given loss is finite on every rank (all-reduced with MIN, so all ranks agree and
+    skip the same step: DDP's gradient all-reduce stays in step)."""
+    import torch.distributed as dist
+
+    present = [v.detach() for v in values if v is not None]
+    flag = torch.tensor(
+        [float(all(bool(torch.isfinite(v).all()) for v in present))], device=present[0].device
+    )
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item() == 1.0)
+
+
+def weights_finite(*nets: torch.nn.Module | None) -> bool:
+    """True when every parameter and buffer of the given networks is finite (checked before saving)."""
+    return all(
+        bool(torch.isfinite(t).all())
+        for net in nets
+        if net is not None
+        for t in unwrap(net).state_dict().values()
+        if torch.is_floating_point(t)
+    )
+
+
+def count_step(state: TrainState, finite: bool, max_in_a_row: int) -> None:
+    """Count a skipped (non-finite) step; ``NonFiniteLossError`` after ``max_in_a_row`` in a row."""
+    state.global_step += 1
+    if finite:
+        state.nonfinite_in_a_row = 0
+        return
+    state.nonfinite_steps += 1
+    state.nonfinite_in_a_row += 1
+    if state.nonfinite_in_a_row >= max_in_a_row:
+        raise NonFiniteLossError(
+            f"non-finite loss (NaN/Inf) in {state.nonfinite_in_a_row} steps in a row, up to step "
+            f"{state.global_step} (epoch {state.epoch + 1}); the weights diverged: lower train.lr or check "
+            "the data (train.max_nonfinite_steps sets how many such steps are skipped before stopping)"
+        )
+
+
 def to_device(batch: dict, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return tuple(batch[k].to(device, non_blocking=True) for k in ("composite", "mask", "real"))
 
@@ -211,7 +260,8 @@ def _f(x: torch.Tensor) -> float:
 
 
 def train_step(state: TrainState, batch: dict, t, device, amp: bool = True) -> dict[str, float]:
-    """One iteration on one batch; ``t`` is ``params.train``. Returns the loss values (floats)."""
+    """One iteration on one batch; ``t`` is ``params.train``. Returns the loss values (floats), or ``{}``
+    when a loss was NaN / Inf and the step was skipped (counted in ``state.nonfinite_steps``)."""
     comp, mask, real = to_device(batch, device)
     comp, real = scene_colour_jitter(comp, real, t.colour_jitter)
     comp = identity_pairs(comp, real, t.identity_fraction)
@@ -239,10 +289,13 @@ def train_step(state: TrainState, batch: dict, t, device, amp: bool = True) -> d
             loss_gp = losses.gradient_penalty(d, real, fake, weight=t.gp_weight)
             logs["loss_d_gp"] = _f(loss_gp)
         loss_d = losses.discriminator_objective(loss_d_adv, loss_d_v, loss_gp, t.lambda_adv, t.lambda_v)
-        loss_d.backward()
-        average_gradients((d, dv))
-        state.opt_d.step()
-        logs.update(loss_d=_f(loss_d), loss_d_adv=_f(loss_d_adv), loss_d_v=_f(loss_d_v))
+        if all_finite(loss_d):
+            loss_d.backward()
+            average_gradients((d, dv))
+            state.opt_d.step()
+            logs.update(loss_d=_f(loss_d), loss_d_adv=_f(loss_d_adv), loss_d_v=_f(loss_d_v))
+        else:
+            logs["skipped"] = 1.0
         _requires_grad((d, dv), False)
 
     state.opt_g.zero_grad(set_to_none=True)
@@ -259,9 +312,13 @@ def train_step(state: TrainState, batch: dict, t, device, amp: bool = True) -> d
         loss_mask = F.binary_cross_entropy_with_logits(aux["mask_logits"].float(), mask)
         loss_g = loss_g + t.lambda_mask * loss_mask
         logs["loss_mask"] = _f(loss_mask)
-    loss_g.backward()
-    state.opt_g.step()
-    state.global_step += 1
+    finite = all_finite(loss_g) and "skipped" not in logs
+    if finite:  # a NaN / Inf loss is never backpropagated: the weights stay as they were
+        loss_g.backward()
+        state.opt_g.step()
+    count_step(state, finite, t.max_nonfinite_steps)
+    if not finite:
+        return {}
     logs.update(loss_g=_f(loss_g), loss_l1=_f(loss_l1))
     return logs
 

@@ -40,8 +40,9 @@ from components.data import shards
 from components.data.dataset import open_dataset
 from components.models import losses
 from components.training import engine, remote
-from components.training.loop import FAULT_ENV, read_state, train_loop_per_worker
+from components.training.loop import FAULT_ENV, newest_state, train_loop_per_worker
 from components.training.mlflow_logging import find_or_create_run, training_dataset
+from components.training.preflight import check_bucket, check_cluster_gpus, check_local_gpus
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +294,33 @@ def validate(params: Params) -> None:
         raise UserError(f"train.loss={t.loss!r}: expected one of {', '.join(losses.RECONSTRUCTION_LOSSES)}")
 
 
+def resume_report(root: str, s3, run_id: str) -> str:
+    """Say which checkpoint a training resumes from and which damaged ones it skips (the workers pick
+    the same: ``loop.newest_state``); returns the MLflow run's status before this attempt."""
+    from mlflow import MlflowClient
+
+    folder, saved, problems = newest_state(root, s3)
+    for problem in problems:
+        log.warning("skipping a damaged checkpoint: %s", problem)
+    if saved is not None:
+        log.info("resuming from %s (epoch %d)", folder, saved["epoch"])
+    return MlflowClient().get_run(run_id).info.status
+
+
+def training_failed(key: str, run_id: str, prior_status: str, exc: Exception) -> Exception:
+    """Mark the MLflow run and build the error to raise: a run that had FINISHED before this attempt
+    stays FINISHED (its results stand; the failure is a tag); diverged weights are a ``UserError``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    reason = next((ln.strip() for ln in str(exc).splitlines() if "not finite" in ln or "non-finite" in ln), "")
+    client.set_tag(run_id, "last_attempt_error", (reason or str(exc).strip().splitlines()[-1])[:500])
+    client.set_terminated(run_id, status="FINISHED" if prior_status == "FINISHED" else "FAILED")
+    if reason:
+        return UserError(f"training {key} stopped: {reason.split('Error: ', 1)[-1]}")
+    return RuntimeError(f"training {key} failed (rerun the same command to resume): {exc}")
+
+
 @dataclass
 class Inputs:
     """What a training reads, checked before Ray starts (``check_inputs``)."""
@@ -309,6 +337,7 @@ def check_inputs(params: Params) -> Inputs:
     validate(params)
     t = params.train
     s3 = storage.S3Options.from_config(params.storage)
+    check_bucket(params.storage.root, s3)
     train_uris, val_uris = find_shards(params, s3)
     n_train = count_rows(train_uris, s3)
     if n_train // t.num_workers < t.batch_size:
@@ -375,19 +404,17 @@ def train(
         "s3": s3,
         "run_id": run_id,
         "tracking_uri": uri,
+        "checkpoint_root": storage.join(params.storage.root, "ray", key),
     }
+    prior_status = resume_report(loop_config["checkpoint_root"], s3, run_id)
     trainer = make_trainer(params, loop_config, key, s3, callbacks=callbacks, worker_env=worker_env)
     try:
-        result = trainer.fit()
+        trainer.fit()
     except TrainingFailedError as exc:
-        from mlflow import MlflowClient
-
-        MlflowClient().set_terminated(run_id, status="FAILED")
-        raise RuntimeError(f"training {key} failed (rerun the same command to resume): {exc}") from exc
-    if result.checkpoint is None:
-        raise RuntimeError(f"training {key} ended without a checkpoint")
-    with result.checkpoint.as_directory() as d:
-        state = read_state(d)
+        raise training_failed(key, run_id, prior_status, exc) from exc
+    _, state, problems = newest_state(loop_config["checkpoint_root"], s3)
+    if state is None:
+        raise RuntimeError(f"training {key} ended without an intact checkpoint: {'; '.join(problems)}")
 
     history = state["history"]
     if state["epoch"] > t.epochs + t.decay_epochs:
@@ -468,7 +495,9 @@ def run(params: Params) -> dict[str, Any]:
     write the stage files; returns the summary written to ``train.metrics_out``."""
     remote.check_shared(params.storage.root)  # a job's runs must land where they are kept
     inputs = check_inputs(params)  # before Ray starts: a missing dataset or a bad spec fails in a second
+    check_local_gpus(params.train)
     init_ray(params)
+    check_cluster_gpus(params.train)  # before the MLflow run exists: none is left RUNNING
     res = train(params, inputs=inputs)
     out = write_outputs(params, res)
     if os.environ.get(FAULT_ENV):

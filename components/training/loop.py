@@ -13,6 +13,7 @@ restarted (or rerun) training goes through.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
@@ -22,6 +23,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from components import storage
+from components.checkpoint import newest_intact, write_with_hash
 from components.data.shards import ShardDataset
 from components.progress import Progress
 from components.training import engine, figures
@@ -30,16 +33,51 @@ from components.training.mlflow_logging import RankZeroLogger
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
+NONFINITE_METRIC = "nonfinite_steps"  # MLflow: steps skipped so far because a loss was NaN / Inf
 FAULT_ENV = "HARMONIZE_FAULT_AFTER_EPOCH"
 
 
-def checkpoint_dir_name(epoch: int) -> str:
-    return f"epoch_{epoch:04d}"
+def checkpoint_dir_name(epoch: int, taken: set[str] | frozenset = frozenset()) -> str:
+    """``epoch_0003``; ``epoch_0003.r1`` (``.r2``, ...) when that folder already exists from an earlier
+    attempt (a damaged checkpoint being redone): Ray deletes old checkpoints by its own record, and a
+    reused name would have it delete the new one."""
+    name, k = f"epoch_{epoch:04d}", 0
+    while (f"{name}.r{k}" if k else name) in taken:
+        k += 1
+    return f"{name}.r{k}" if k else name
 
 
 def read_state(directory: str | Path, map_location="cpu") -> dict:
     """The training state saved in a Ray checkpoint directory."""
     return torch.load(Path(directory, STATE_FILE), map_location=map_location, weights_only=True)
+
+
+def newest_state(root: str, s3=None, map_location="cpu") -> tuple[str | None, dict | None, list[str]]:
+    """``(folder, state, problems)``: the newest ``epoch_NNNN`` checkpoint under ``root`` (the run's Ray
+    folder) whose ``state.pt`` matches the sha256 written at save and loads; by epoch on disk, not by
+    what Ray recorded last (a killed driver may not have recorded its last checkpoints). ``problems``
+    names the newer files that were skipped."""
+    def load(data: bytes) -> dict:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+
+    return newest_intact(root, STATE_FILE, "epoch_", load, s3=s3)
+
+
+def check_weights(state: engine.TrainState) -> None:
+    """On every rank before a checkpoint (DDP keeps the weights equal, so all ranks stop together):
+    weights that are not finite are never saved."""
+    nets = (state.generator, state.discriminator, state.domain_discriminator)
+    if not engine.weights_finite(*nets):
+        raise engine.NonFiniteLossError(
+            f"the weights are not finite after epoch {state.epoch}; no checkpoint written (lower train.lr)"
+        )
+
+
+def save_state(state: engine.TrainState, directory: str) -> None:
+    """``state.pt`` and its sha256 (checked on resume) into ``directory``."""
+    buf = io.BytesIO()
+    torch.save(engine.state_dict(state), buf)
+    write_with_hash(directory, STATE_FILE, buf.getvalue())
 
 
 def make_loaders(config: dict, rank: int, world: int):
@@ -86,12 +124,16 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
 
     state = engine.build_state(params, config["gen_spec"], device, wrap=ray.train.torch.prepare_model)
-    checkpoint = ray.train.get_checkpoint()
-    resumed = checkpoint is not None
+    # The newest intact checkpoint on disk, also after a worker restart inside this fit (Ray's own
+    # get_checkpoint() would hand back the latest it recorded, truncated or not).
+    folder, saved, problems = newest_state(config["checkpoint_root"], config["s3"], map_location=device)
+    taken = set(storage.list_dirs(config["checkpoint_root"], s3=config["s3"]))  # before this attempt writes
+    for problem in problems:
+        log.warning("rank %d: skipping a damaged checkpoint: %s", rank, problem)
+    resumed = saved is not None
     if resumed:
-        with checkpoint.as_directory() as d:
-            engine.load_state_dict(state, read_state(d, map_location=device))
-        log.info("rank %d: resumed from epoch %d (step %d)", rank, state.epoch, state.global_step)
+        engine.load_state_dict(state, saved)
+        log.info("rank %d: resumed from %s (epoch %d, step %d)", rank, folder, state.epoch, state.global_step)
 
     train_ds, train_loader, val_loader, steps = make_loaders(config, rank, world)
     total_epochs = t.epochs + t.decay_epochs
@@ -111,13 +153,18 @@ def train_loop_per_worker(config: dict) -> None:
             for i, batch in enumerate(train_loader):
                 if i >= steps:
                     break
-                losses = engine.train_step(state, batch, t, device, t.amp)
+                try:
+                    losses = engine.train_step(state, batch, t, device, t.amp)
+                except engine.NonFiniteLossError:
+                    logger.log_step(state.global_step, {NONFINITE_METRIC: state.nonfinite_steps})
+                    raise
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + v
                 progress.step(epoch, i, losses)
-                count += 1
+                count += bool(losses)
                 if state.global_step % t.log_every_steps == 0 or i == steps - 1:
-                    logger.log_step(state.global_step, {k: v / count for k, v in sums.items()})
+                    means = {k: v / max(count, 1) for k, v in sums.items()}
+                    logger.log_step(state.global_step, {**means, NONFINITE_METRIC: state.nonfinite_steps})
                     sums, count = {}, 0
             train_s = time.perf_counter() - t0
             engine.end_epoch(state)
@@ -144,12 +191,13 @@ def train_loop_per_worker(config: dict) -> None:
                 to_log = {k: v for k, v in row.items() if k not in ("epoch", "step")}
                 to_log = {("val_" + k if k.startswith("composite_") else k): v for k, v in to_log.items()}
                 logger.log_epoch(epoch, to_log, epoch_artifacts(epoch, samples, state.history, baseline))
+            check_weights(state)
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt = None
                 if rank == 0:
-                    torch.save(engine.state_dict(state), Path(tmp, STATE_FILE))
+                    save_state(state, tmp)
                     ckpt = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report(row, checkpoint=ckpt, checkpoint_dir_name=checkpoint_dir_name(epoch))
+                ray.train.report(row, checkpoint=ckpt, checkpoint_dir_name=checkpoint_dir_name(epoch, taken))
             if fault_after == epoch and not resumed:
                 raise RuntimeError(f"{FAULT_ENV}={fault_after}: injected failure after epoch {epoch}")
         status = "FINISHED"

@@ -85,7 +85,10 @@ def find_shards(params: Params, s3) -> tuple[list[str], list[str]]:
     root, name = params.storage.root, dataset_name(params)
     where = shards.dataset_dir(root, name)
     ds = open_dataset(root, name, s3)
-    train, val = ds.uris("train"), ds.uris("val")
+    # absolute local paths: Ray Train runs each worker in its own working folder, not this one
+    train, val = (
+        [u if storage.is_s3(u) else str(Path(u).absolute()) for u in ds.uris(s)] for s in ("train", "val")
+    )
     missing = [s for s, u in (("train", train), ("val", val)) if not u]
     if missing:
         raise UserError(

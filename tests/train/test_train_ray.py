@@ -77,8 +77,8 @@ def test_two_workers_killed_run_resumes_from_its_checkpoint(tiny_local):
     assert {"git_commit", "dataset_hash", "model", "placement"} <= set(run.data.tags)
     assert run.data.tags["placement"] == "rain-decoder"
     assert run.data.params["train.num_workers"] == "2"
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
-    assert artifacts == {"samples/epoch_001.png", "samples/epoch_002.png"}
+    # the sample grid per epoch goes through log_image (key samples); the latest is samples.png
+    assert "samples.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == ["plots/convergence.png"]
 
     with open(proj / "metrics" / "train_epochs.csv") as f:

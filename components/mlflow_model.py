@@ -30,23 +30,6 @@ ENTRY_FILE = Path(__file__).resolve().with_name("pyfunc_entry.py")
 MODEL_NAME = "model"  # artifact path / logged-model name inside the training run
 
 
-def _check_inputs(composite: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    composite, mask = np.asarray(composite), np.asarray(mask)
-    if composite.ndim == 3:
-        composite = composite[None]
-    if mask.ndim == 4 and mask.shape[-1] == 1:
-        mask = mask[..., 0]
-    if mask.ndim == 2:
-        mask = mask[None]
-    if composite.ndim != 4 or composite.shape[-1] != 3:
-        raise ValueError(f"composite: expected uint8 (N, H, W, 3), got shape {composite.shape}")
-    if mask.shape != composite.shape[:3]:
-        raise ValueError(
-            f"mask: expected shape {composite.shape[:3]} to match the composite, got {mask.shape}"
-        )
-    return composite, mask
-
-
 class GeneratorModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper: loads the generator file from the model's artifacts, harmonizes uint8 arrays."""
 
@@ -63,10 +46,10 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):
         """The same ``Predictor`` as ``harmonize`` and ``evaluate``: each image at its native size."""
-        if not isinstance(model_input, dict) or not {"composite", "mask"} <= set(model_input):
-            raise ValueError('expected {"composite": uint8 (N, H, W, 3), "mask": uint8 (N, H, W)}')
-        composite, mask = _check_inputs(model_input["composite"], model_input["mask"])
-        return np.stack(self.predictor.predict_batch(list(composite), list(mask)))
+        from components import serving_io  # the input contract, shared with the served model's clients
+
+        composite, mask = serving_io.parse_input(model_input)
+        return serving_io.format_output(self.predictor.predict_batch(composite, mask))
 
 
 def signature():

@@ -1,4 +1,7 @@
-"""Fixtures for the serve tests: tiny generators really trained here, and their MLflow training runs."""
+"""Fixtures for the serve tests: tiny generators really trained here, and their MLflow training runs.
+
+All of it is built from the builtin photos (``photos``), so a fresh clone runs every serve test; the
+shared lalonde set (fixture ``lalonde``, skipped when absent) is an extra tier for a few tests."""
 
 from __future__ import annotations
 
@@ -13,15 +16,30 @@ from tests.serve import helpers
 REPO = Path(__file__).resolve().parents[2]
 # The photo the full-resolution harmonize test is made from; the strong model saw other recolourings of it.
 HARMONIZE_PHOTO_INDEX = 3
+DATASET_HASH = "builtin-serve-tests"  # the dataset_hash tag of the test training runs
 
 
 @pytest.fixture(scope="session")
-def photo_ids(lalonde) -> list[str]:
-    return helpers.photo_ids(lalonde)
+def photos(tmp_path_factory) -> Path:
+    """Builtin photos with object masks (``photos/``, ``masks/``) and an iHarmony4-layout test subset of
+    the photos the strong model did not see (``helpers.TEST_SUBSET``): the lalonde layout, no shared data."""
+    root = helpers.write_builtin_photos(tmp_path_factory.mktemp("builtin"))
+    helpers.write_test_subset(root, helpers.photo_ids(root)[helpers.TRAIN_PHOTOS :])
+    return root
 
 
 @pytest.fixture(scope="session")
-def generators(lalonde, photo_ids, tmp_path_factory) -> dict[str, dict]:
+def test_subset(photos) -> Path:
+    return photos / helpers.TEST_SUBSET
+
+
+@pytest.fixture(scope="session")
+def photo_ids(photos) -> list[str]:
+    return helpers.photo_ids(photos)
+
+
+@pytest.fixture(scope="session")
+def generators(photos, photo_ids, tmp_path_factory) -> dict[str, dict]:
     """Three generator files at 32x32: ``strong`` (trained 200 steps), ``weak`` (3 steps), ``untrained``.
 
     All are the product's RainNet saved in the product's checkpoint format. The strong one is trained on
@@ -30,10 +48,10 @@ def generators(lalonde, photo_ids, tmp_path_factory) -> dict[str, dict]:
     from components.checkpoint import save_generator
 
     root = tmp_path_factory.mktemp("generators")
-    ids = photo_ids[:6]
+    ids = photo_ids[: helpers.TRAIN_PHOTOS]
     out = {}
     for label, steps in (("strong", 200), ("weak", 3), ("untrained", 0)):
-        model, spec = helpers.train_tiny_generator(lalonde, ids, size=32, steps=steps, seed=1)
+        model, spec = helpers.train_tiny_generator(photos, ids, size=32, steps=steps, seed=1)
         path = root / label / "generator.pt"
         path.parent.mkdir()
         save_generator(str(path), model, spec, 32, meta={"placement": spec["placement"], "steps": steps})
@@ -41,35 +59,54 @@ def generators(lalonde, photo_ids, tmp_path_factory) -> dict[str, dict]:
     return out
 
 
-def log_training_run(generator: dict, experiment: str, data_name: str, tmp: Path) -> str:
-    """What train does at the end of a run: the generator file (with its run id) logged as the MLflow model."""
+def log_training_run(generator: dict, experiment: str, data_name: str, tmp: Path, photos: Path | None = None) -> str:
+    """What train does: params, per-epoch val metrics and sample grids through the product's logger
+    (``RankZeroLogger``; grids from ``photos`` when given), then the generator file (with its run id)
+    logged as the MLflow model."""
     import mlflow
 
     from components import tracking
     from components.checkpoint import save_generator
     from components.mlflow_model import log_generator_model
+    from components.training.figures import png_bytes, sample_grid
+    from components.training.mlflow_logging import RankZeroLogger
 
     spec = generator["spec"]
     exp = tracking.get_or_create_experiment(experiment)
     name = tracking.run_name(spec, data_name)
-    tags = {"model": spec["name"], "placement": spec["placement"], "dataset_hash": "lalonde-test"}
+    tags = {"model": spec["name"], "placement": spec["placement"], "dataset_hash": DATASET_HASH}
     with mlflow.start_run(experiment_id=exp.experiment_id, run_name=name, tags=tags) as run:
         mlflow.log_params({"train.steps": generator["steps"], "model.generator.ngf": spec["ngf"]})
+        logger = RankZeroLogger(mlflow.get_tracking_uri(), run.info.run_id, enabled=True, system_metrics=False)
         rng = np.random.default_rng(generator["steps"])
-        for epoch in range(3):  # something to compare side by side in the UI
-            mlflow.log_metric(
-                "val_fmse", float(500 / (1 + generator["steps"]) + rng.uniform(0, 5)), step=epoch
-            )
+        for epoch in range(1, 4):  # something to compare side by side in the UI
+            val = {"val_fmse": float(500 / (1 + generator["steps"]) + rng.uniform(0, 5))}
+            grids = {}
+            if photos is not None:
+                grids[f"samples/epoch_{epoch:03d}.png"] = png_bytes(sample_grid(*_samples(generator, photos)))
+            logger.log_epoch(epoch, val, grids)
         path = tmp / f"{run.info.run_id}" / "generator.pt"
         path.parent.mkdir(parents=True)
-        meta = {"run_id": run.info.run_id, "placement": spec["placement"], "dataset_hash": "lalonde-test"}
+        meta = {"run_id": run.info.run_id, "placement": spec["placement"], "dataset_hash": DATASET_HASH}
         save_generator(str(path), generator["model"], spec, 32, meta=meta)
         log_generator_model(str(path), 32)
         return run.info.run_id
 
 
+def _samples(generator: dict, photos: Path):
+    """(composite, mask, output, real) uint8 batches of two recoloured photos through the generator."""
+    import torch
+
+    from components.data.images import batch_to_tensor, to_uint8
+
+    comps, masks, reals = helpers.training_set(photos, helpers.photo_ids(photos)[:2], 32, per_photo=1)
+    with torch.no_grad():
+        out = generator["model"](*batch_to_tensor(comps, masks))
+    return comps, masks, to_uint8(out).permute(0, 2, 3, 1).numpy(), reals
+
+
 @pytest.fixture(scope="session")
-def tracked(mlflow_server, generators, tmp_path_factory) -> dict:
+def tracked(mlflow_server, generators, photos, tmp_path_factory) -> dict:
     """The three generators as MLflow training runs on the real server; yields their run ids."""
     import os
 
@@ -83,7 +120,7 @@ def tracked(mlflow_server, generators, tmp_path_factory) -> dict:
     tag = uuid.uuid4().hex[:6]
     try:
         runs = {
-            label: log_training_run(gen, "harmonization-train", f"lalonde-{label}-{tag}", tmp)
+            label: log_training_run(gen, "harmonization-train", f"builtin-{label}-{tag}", tmp, photos)
             for label, gen in generators.items()
         }
         yield {"uri": mlflow_server, "runs": runs, "tag": tag}
@@ -103,7 +140,7 @@ def run_stage(main, *overrides: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def registry_flow(tracked, lalonde, tmp_path_factory) -> dict:
+def registry_flow(tracked, test_subset, tmp_path_factory) -> dict:
     """evaluate + register, in the order a team would meet them: a weak model first, then the same run
     again, then a strong model, then an untrained one. Yields every step's register.json."""
     import json
@@ -118,7 +155,7 @@ def registry_flow(tracked, lalonde, tmp_path_factory) -> dict:
         run_stage(
             evaluate.main,
             f"evaluate.model=runs:/{tracked['runs'][label]}/model",
-            f"evaluate.data={lalonde / 'LHarmony'}",
+            f"evaluate.data={test_subset}",
             f"evaluate.per_image_out={out / 'eval.csv'}",
             f"evaluate.summary_out={out / 'eval.json'}",
             f"evaluate.summary_md={out / 'eval.md'}",

@@ -40,9 +40,17 @@ def outputs(tmp: Path) -> list[str]:
     ]
 
 
-def test_lharmony_composite_row_matches_numpy(lalonde, generators, tracking_server, tmp_path):
-    lh = lalonde / "LHarmony"
-    names = (lh / "LHarmony_test.txt").read_text().split()
+@pytest.fixture(params=["builtin", "lalonde"])
+def ih_subset(request) -> Path:
+    """An iHarmony4-layout test subset: from the builtin photos, and (extra tier) the shared LHarmony."""
+    if request.param == "lalonde":
+        return request.getfixturevalue("lalonde") / "LHarmony"
+    return request.getfixturevalue("test_subset")
+
+
+def test_iharmony4_composite_row_matches_numpy(ih_subset, generators, tracking_server, tmp_path):
+    lh = ih_subset
+    names = (lh / f"{lh.name}_test.txt").read_text().split()
     run_stage(
         evaluate.main,
         f"evaluate.model={generators['strong']['path']}",
@@ -55,11 +63,11 @@ def test_lharmony_composite_row_matches_numpy(lalonde, generators, tracking_serv
     assert summary["image_size"] == 32 and summary["resolution"] == "native"
     hand = {n: hand_metrics(lh, n) for n in names}
     comp = summary["composite"]["overall"]
-    assert comp["n"] == len(names) == 120
+    assert comp["n"] == len(names) >= 18
     for key in ("mse", "psnr", "fmse"):
         assert comp[key] == pytest.approx(np.mean([h[key] for h in hand.values()]), rel=1e-9)
-    assert list(summary["composite"]["by_subset"]) == ["LHarmony"]
-    assert sum(g["n"] for g in summary["harmonized"]["by_fg_ratio"].values()) == 120
+    assert list(summary["composite"]["by_subset"]) == [lh.name]
+    assert sum(g["n"] for g in summary["harmonized"]["by_fg_ratio"].values()) == len(names)
 
     with open(tmp_path / "per_image.csv") as f:
         rows = list(csv.DictReader(f))
@@ -67,7 +75,7 @@ def test_lharmony_composite_row_matches_numpy(lalonde, generators, tracking_serv
         "path", "subset", "method", "width", "height", "fg_ratio", "mse", "psnr", "fmse", "fpsnr",
     ]  # fmt: skip
     assert {"paper_fmse", "paper_composite_fmse"} <= set(rows[0])
-    assert len(rows) == 120
+    assert len(rows) == len(names)
     assert {(r["width"], r["height"]) for r in rows} == {("256", "256")}
     for r in rows[:10]:
         name = r["path"].rsplit("/", 1)[-1]
@@ -77,30 +85,30 @@ def test_lharmony_composite_row_matches_numpy(lalonde, generators, tracking_serv
     first = next(line for line in md.splitlines() if line.startswith("| composite"))
     assert f"{comp['fmse']:.2f}" in first  # the composite is the first row of the table
     paper = summary["paper"]["composite"]["overall"]
-    assert paper["n"] == 120 and paper["fmse"] != pytest.approx(comp["fmse"])  # at 32x32: apart
+    assert paper["n"] == len(names) and paper["fmse"] != pytest.approx(comp["fmse"])  # at 32x32: apart
 
     from mlflow import MlflowClient
 
     run = MlflowClient().get_run(summary["eval_run_id"])
     exp = MlflowClient().get_experiment(run.info.experiment_id)
     assert exp.name == "harmonization-eval"
-    assert run.info.run_name == "eval-rainnet-rain-decoder-LHarmony"
+    assert run.info.run_name == f"eval-rainnet-rain-decoder-{lh.name}"
     assert run.data.metrics["test_fmse"] == pytest.approx(summary["harmonized"]["overall"]["fmse"])
     assert run.data.metrics["composite_fmse"] == pytest.approx(comp["fmse"])
-    assert run.data.metrics["test_fmse.LHarmony"] == pytest.approx(summary["harmonized"]["overall"]["fmse"])
+    assert run.data.metrics[f"test_fmse.{lh.name}"] == pytest.approx(summary["harmonized"]["overall"]["fmse"])
     assert run.data.tags["test_set"] == summary["test_set"]
 
 
 def test_s3_folder_and_prepare_shards_give_the_same_numbers(
-    lalonde, generators, tracking_server, s3_bucket, tmp_path
+    test_subset, generators, tracking_server, s3_bucket, tmp_path
 ):
     """The same 12 images as an iHarmony4 folder on S3 and as prepare test shards: identical scores."""
     import boto3
 
     from components.data.dataset import DatasetWriter
 
-    lh = lalonde / "LHarmony"
-    names = (lh / "LHarmony_test.txt").read_text().split()[:12]
+    lh = test_subset
+    names = (lh / f"{lh.name}_test.txt").read_text().split()[:12]
     client = boto3.client("s3")
     bucket = s3_bucket[len("s3://") :]
     writer = DatasetWriter(str(tmp_path / "store"), "tiny", 100, 16)
@@ -116,7 +124,7 @@ def test_s3_folder_and_prepare_shards_give_the_same_numbers(
             client.put_object(Bucket=bucket, Key=f"ih/Mini/{rel}", Body=(lh / rel).read_bytes())
         lines.append(name)
         row = {k: _png(lh / rel, "L" if k == "mask" else "RGB") for k, rel in files.items()}
-        row.update(sample_id=name, scene_id=image_id, subset="Mini", split="test", source="lalonde",
+        row.update(sample_id=name, scene_id=image_id, subset="Mini", split="test", source="builtin",
                    method="x", height=256, width=256, fg_ratio=0.1, fg_mse=0.0)  # fmt: skip
         writer.add(row)
     writer.publish()

@@ -81,8 +81,79 @@ def test_registered_model_and_run_comparison(registry_flow, tmp_path):
     assert "Comparing 2 Runs" in dom
     name_row = table_rows(dom, "Run Name:")[0]
     assert name_row.index(names[0]) < name_row.index(names[1])  # side by side, in order
-    assert all(n.startswith("rainnet-rain-decoder-lalonde-") for n in names)  # model + placement + data
+    assert all(n.startswith("rainnet-rain-decoder-builtin-") for n in names)  # model + placement + data
     assert table_rows(dom, "val_fmse")  # the metric both runs share has its row
     shot = ARTIFACTS / "mlflow_ui_compare.png"
     chromium(compare_url, tmp_path, screenshot=shot)
     assert shot.stat().st_size > 10_000
+
+
+# The compare page's metrics table is two virtualized grids side by side (names | one column per run);
+# a row is the cells at the same ``top``.
+METRIC_ROW_JS = """(() => {
+  const a = [...document.querySelectorAll('a')].find(a => a.textContent.trim() === '%s');
+  if (!a) return null;
+  const cell = a.parentElement, names = cell.closest('.ReactVirtualized__Grid');
+  const grids = [...names.parentElement.parentElement.querySelectorAll('.ReactVirtualized__Grid')]
+    .filter(g => g !== names);
+  return grids.flatMap(g => [...g.querySelectorAll('[role=rowgroup] > div')]
+    .filter(d => d.style.top === cell.style.top)
+    .sort((x, y) => parseFloat(x.style.left) - parseFloat(y.style.left)).map(d => d.textContent));
+})()"""
+# The artifact previews, once loaded: position, size and the sum of their RGB values (from a canvas).
+PREVIEWS_JS = """(() => {
+  const imgs = [...document.querySelectorAll('img[alt="%s"]')];
+  if (imgs.length !== 2 || !imgs.every(i => i.complete && i.naturalWidth > 0)) return null;
+  return imgs.map(i => {
+    const c = document.createElement('canvas');
+    c.width = i.naturalWidth; c.height = i.naturalHeight;
+    const ctx = c.getContext('2d'); ctx.drawImage(i, 0, 0);
+    const px = ctx.getImageData(0, 0, c.width, c.height).data;
+    let sum = 0; for (let k = 0; k < px.length; k += 4) sum += px[k] + px[k + 1] + px[k + 2];
+    const r = i.getBoundingClientRect();
+    return {w: i.naturalWidth, h: i.naturalHeight, left: r.left, top: r.top, sum};
+  });
+})()"""
+
+
+def test_compare_page_shows_test_fmse_and_sample_grids_side_by_side(registry_flow, tmp_path):
+    """Two training runs on one compare page: the test fMSE that decides promotion in the Metrics table
+    (copied onto the training runs by evaluate) and the latest sample grids, each run's own, side by side
+    (``samples.png``, logged at every epoch by the training logger)."""
+    import numpy as np
+    from mlflow import MlflowClient
+    from PIL import Image
+
+    from components.training.mlflow_logging import LATEST_SAMPLES
+    from tests.serve.browser import Browser
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    client = MlflowClient()
+    ids = [registry_flow["runs"]["weak"], registry_flow["runs"]["strong"]]
+    runs = [client.get_run(i) for i in ids]
+    query = urllib.parse.urlencode(
+        {"runs": json.dumps(ids), "experiments": json.dumps([runs[0].info.experiment_id])}
+    )
+    browser = Browser(tmp_path)
+    try:
+        browser.goto(f"{registry_flow['uri']}/#/compare-runs?{query}")
+        shown = browser.wait_for(METRIC_ROW_JS % "test_fmse")
+        assert [float(v) for v in shown] == [
+            pytest.approx(r.data.metrics["test_fmse"], rel=1e-3) for r in runs
+        ], shown  # one value per run, in the runs' order
+        assert runs[1].data.metrics["test_fmse"] < runs[0].data.metrics["test_fmse"]
+
+        node = f"""document.querySelector('[data-testid="artifact-tree-node"][artifact-name="{LATEST_SAMPLES}"]')"""
+        browser.wait_for(f"!!{node}")  # the one artifact both runs have at their root, once listed
+        browser.js(f"{node}.click()")
+        previews = browser.wait_for(PREVIEWS_JS % LATEST_SAMPLES)
+        browser.screenshot(ARTIFACTS / "mlflow_ui_compare_samples.png")
+    finally:
+        browser.close()
+    left, right = previews
+    assert abs(left["top"] - right["top"]) < 2 and right["left"] > left["left"] + left["w"] / 2  # side by side
+    for shown_image, run_id in zip(previews, ids, strict=True):  # each column is its own run's grid
+        (tmp_path / run_id).mkdir()
+        grid = np.asarray(Image.open(client.download_artifacts(run_id, LATEST_SAMPLES, str(tmp_path / run_id))))
+        assert (shown_image["h"], shown_image["w"]) == grid.shape[:2]
+        assert shown_image["sum"] == int(grid.astype(np.int64).sum())

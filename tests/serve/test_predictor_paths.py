@@ -25,12 +25,12 @@ WIDTH, HEIGHT = 300, 200  # not the network's size, not square: the full-resolut
 PHOTO_INDEX = 7  # a photo the strong model was not trained on (it saw photos 0..5)
 
 
-def mini_subset(lalonde: Path, pid: str, root: Path) -> dict[str, Path]:
+def mini_subset(photos: Path, pid: str, root: Path) -> dict[str, Path]:
     """A one-image iHarmony4 subset: a recoloured photo at 300x200 with a soft-edged mask (PNG files)."""
     real = np.asarray(
-        Image.open(lalonde / "photos" / f"{pid}.jpg").convert("RGB").resize((WIDTH, HEIGHT), Image.BICUBIC)
+        Image.open(photos / "photos" / f"{pid}.jpg").convert("RGB").resize((WIDTH, HEIGHT), Image.BICUBIC)
     )
-    hard = Image.open(lalonde / "masks" / f"{pid}.png").convert("L").resize((WIDTH, HEIGHT), Image.NEAREST)
+    hard = Image.open(photos / "masks" / f"{pid}.png").convert("L").resize((WIDTH, HEIGHT), Image.NEAREST)
     soft = np.asarray(hard.filter(ImageFilter.GaussianBlur(2)))  # alpha ramps on the object's border
     assert ((soft > 0) & (soft < 255)).any() and (soft == 255).sum() > 500
     comp = helpers.recolour(real, soft > 0, np.random.default_rng(5), band=(300.0, 2500.0))
@@ -71,13 +71,13 @@ def pct_run(tracked, tmp_path_factory) -> str:
 
 @pytest.mark.parametrize("head", ["image", "pct"])
 def test_evaluate_harmonize_and_pyfunc_give_identical_pixels(
-    head, request, tracked, lalonde, photo_ids, tmp_path, monkeypatch
+    head, request, tracked, photos, photo_ids, tmp_path, monkeypatch
 ):
     import mlflow
 
     run_id = tracked["runs"]["strong"] if head == "image" else request.getfixturevalue("pct_run")
     uri = f"runs:/{run_id}/model"
-    files = mini_subset(lalonde, photo_ids[PHOTO_INDEX], tmp_path / "ih")
+    files = mini_subset(photos, photo_ids[PHOTO_INDEX], tmp_path / "ih")
     comp = np.asarray(Image.open(files["composite"]).convert("RGB"))
     mask = np.asarray(Image.open(files["mask"]))
     real = np.asarray(Image.open(files["real"]).convert("RGB"))

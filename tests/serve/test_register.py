@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from components.registry_mlflow import better, registered_name
+from tests.serve.conftest import DATASET_HASH
 
 
 def test_promotion_and_idempotency(registry_flow):
@@ -21,7 +22,7 @@ def test_promotion_and_idempotency(registry_flow):
     assert again["version"] == 1 and not again["new_version"] and not again["promoted"]
     # A better model takes the champion alias; a worse one stays challenger.
     assert win["version"] == 2 and win["promoted"] and win["previous_champion"] == 1
-    assert win["value"] < win["champion_value"] == pytest.approx(first["value"])
+    assert win["value"] < win["champion_value"] == pytest.approx(first["value"], rel=1e-5)  # tags keep 6 digits
     assert lose["version"] == 3 and not lose["promoted"] and lose["champion_version"] == 2
     assert lose["value"] > lose["champion_value"]
 
@@ -35,16 +36,34 @@ def test_promotion_and_idempotency(registry_flow):
     v2 = client.get_model_version(name, "2")
     ev = steps["better"]["eval"]
     assert float(v2.tags["test_fmse"]) == pytest.approx(ev["harmonized"]["overall"]["fmse"], rel=1e-5)
-    assert v2.tags["dataset_hash"] == "lalonde-test" and v2.tags["placement"] == "rain-decoder"
+    assert v2.tags["dataset_hash"] == DATASET_HASH and v2.tags["placement"] == "rain-decoder"
     assert v2.tags["test_set"] == ev["test_set"] == steps["worse"]["eval"]["test_set"]
     assert v2.description.startswith(f"# {name} version 2")
     card = steps["better"]["card"]
-    assert "| composite (no harmonization) | overall | 120 |" in card and "## Limits" in card
+    n = ev["n_images"]
+    assert f"| composite (no harmonization) | overall | {n} |" in card and "## Limits" in card
     assert card.index("composite (no harmonization)") < card.index(f"| {name} | overall")
 
     # The evaluation run links back to the training run.
     eval_run = client.get_run(ev["eval_run_id"])
     assert eval_run.data.tags["model_run_id"] == runs["strong"] == ev["model_run_id"]
+    # The training run itself carries the test metrics and the decision (the run and model-version
+    # compare pages read them from there), and the version says why it is champion.
+    # (A run shows its latest evaluation, tagged with its test set; every evaluation stays in the history.)
+    def logged(run_id: str, metric: str) -> list[float]:
+        return [m.value for m in client.get_metric_history(run_id, metric)]
+
+    h, c = ev["harmonized"]["overall"], ev["composite"]["overall"]
+    for metric, value in (("test_fmse", h["fmse"]), ("test_psnr", h["psnr"]), ("test_composite_fmse", c["fmse"])):
+        assert any(v == pytest.approx(value) for v in logged(runs["strong"], metric)), metric
+    train_run = client.get_run(runs["strong"])
+    assert {"test_set", "eval_run_id"} <= set(train_run.data.tags)
+    assert train_run.data.tags["registered_model"] == name and train_run.data.tags["registered_version"] == "2"
+    assert train_run.data.tags["promoted"] == "true" and v2.tags["promoted"] == "true"
+    assert "vs champion v1" in v2.tags["promotion_reason"]
+    weak = steps["first"]["eval"]["harmonized"]["overall"]["fmse"]
+    assert any(v == pytest.approx(weak) for v in logged(runs["weak"], "test_fmse")) and weak > h["fmse"]
+    assert client.get_model_version(name, "3").tags["promoted"] == "false"
 
 
 def test_champion_loads_by_alias(registry_flow, tmp_path):
@@ -69,26 +88,27 @@ def test_rule_and_names():
     assert registered_name({"name": "dih_rain"}) == registered_name({"name": "dih"}) == "dih"
 
 
-def half_of_lharmony(lalonde, root) -> str:
-    """Another test set: the first 40 of LHarmony's 120 test composites, as their own subset folder."""
+def half_of(subset, root) -> str:
+    """Another test set: the first half of a subset's test composites, as their own subset folder."""
     import shutil
 
     from components.data.iharmony4 import mask_and_real_names
 
-    lh, sub = lalonde / "LHarmony", root / "LHarmonyHalf"
-    names = (lh / "LHarmony_test.txt").read_text().split()[:40]
+    lh, sub = subset, root / "Half"
+    names = (lh / f"{lh.name}_test.txt").read_text().split()
+    names = names[: len(names) // 2]
     for d in ("composite_images", "masks", "real_images"):
         (sub / d).mkdir(parents=True)
     for name in names:
         mask, real = mask_and_real_names(name)
         for d, f in (("composite_images", name), ("masks", mask), ("real_images", real)):
             shutil.copyfile(lh / d / f, sub / d / f)
-    (sub / "LHarmonyHalf_test.txt").write_text("\n".join(names) + "\n")
+    (sub / "Half_test.txt").write_text("\n".join(names) + "\n")
     return str(sub)
 
 
-def test_champion_is_rescored_on_a_different_test_set(registry_flow, lalonde, tmp_path):
-    """A challenger scored on another test set (here 40 of the 120 images) is compared with the champion
+def test_champion_is_rescored_on_a_different_test_set(registry_flow, test_subset, tmp_path):
+    """A challenger scored on another test set (here half of the images) is compared with the champion
     re-scored there. (Scores are at native resolution, so another network size is not another test set.)"""
     import json
 
@@ -96,7 +116,7 @@ def test_champion_is_rescored_on_a_different_test_set(registry_flow, lalonde, tm
     from tests.serve.conftest import run_stage
 
     name, runs = registry_flow["name"], registry_flow["runs"]
-    data = half_of_lharmony(lalonde, tmp_path / "data")
+    data = half_of(test_subset, tmp_path / "data")
     for label in ("strong", "untrained"):  # the champion's run too, to know its score there directly
         run_stage(
             evaluate.main,
@@ -117,7 +137,7 @@ def test_champion_is_rescored_on_a_different_test_set(registry_flow, lalonde, tm
     )
     out = json.loads((tmp_path / "register.json").read_text())
     strong_half = json.loads((tmp_path / "strong" / "eval.json").read_text())
-    assert strong_half["n_images"] == 40
+    assert strong_half["n_images"] == registry_flow["steps"]["better"]["eval"]["n_images"] // 2
     assert out["test_set"] == strong_half["test_set"] != registry_flow["steps"]["better"]["eval"]["test_set"]
     assert out["champion_value"] == pytest.approx(strong_half["harmonized"]["overall"]["fmse"])
     assert out["champion_value"] != pytest.approx(registry_flow["steps"]["better"]["register"]["value"])

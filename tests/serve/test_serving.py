@@ -1,0 +1,104 @@
+"""``mlflow models serve -m models:/rainnet@champion --env-manager local``: the registry's champion
+answers an HTTP request (the README's curl body, ``components.serving_io``) with the harmonized image."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import urllib.error
+import urllib.request
+
+import mlflow
+import numpy as np
+import pytest
+from PIL import Image
+
+from components import serving_io, tracking
+from components.predictor import Predictor
+from tests.conftest import BIN, _start, _stop, free_port, wait_http
+from tests.serve import helpers
+from tests.serve.conftest import log_training_run
+
+SERVE_PHOTO_INDEX = 9  # a photo the strong model did not train on
+
+
+@contextlib.contextmanager
+def tracking_at(uri: str):
+    """MLflow pointed at ``uri`` for the block, then back where it was (the session's server)."""
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    tracking.configure(uri, export_env=False)
+    try:
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+
+
+@pytest.fixture
+def champion_store(generators, tmp_path) -> str:
+    """A fresh sqlite store where the strong generator's training run is ``rainnet`` v1 @ champion."""
+    with tracking_at(f"sqlite:///{tmp_path / 'mlruns.db'}") as uri:
+        run_id = log_training_run(generators["strong"], "harmonization-train", "builtin", tmp_path / "gen")
+        version = mlflow.register_model(f"runs:/{run_id}/model", "rainnet").version
+        mlflow.MlflowClient().set_registered_model_alias("rainnet", "champion", version)
+    return uri
+
+
+def post(url: str, body: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(
+        url, json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=300) as res:
+            return res.status, json.loads(res.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_served_champion_returns_the_harmonized_image(champion_store, photos, photo_ids, tmp_path, capsys):
+    port = free_port()
+    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", "models:/rainnet@champion", "--env-manager",
+           "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]  # fmt: skip
+    # The venv's bin on PATH, as after `source .venv/bin/activate`: mlflow execs `uvicorn` from there.
+    env = {"MLFLOW_TRACKING_URI": champion_store, "MLFLOW_REGISTRY_URI": champion_store,
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    proc = _start(cmd, tmp_path / "serve.log", env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            wait_http(f"{url}/ping", timeout=300, proc=proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise AssertionError(f"{exc}:\n{(tmp_path / 'serve.log').read_text()[-3000:]}") from None
+        # A composite that is neither square nor the network's size, as the README's request makes it.
+        real, fg = helpers.load_photo(photos, photo_ids[SERVE_PHOTO_INDEX])
+        real = np.asarray(Image.fromarray(real).resize((120, 90), Image.BICUBIC))
+        fg = np.asarray(Image.fromarray(fg).resize((120, 90), Image.NEAREST))
+        comp = helpers.recolour(real, fg, np.random.default_rng(2), band=(300.0, 2500.0))
+        mask = np.where(fg, 255, 0).astype(np.uint8)
+        Image.fromarray(comp).save(tmp_path / "composite.png")
+        Image.fromarray(mask).save(tmp_path / "mask.png")
+        capsys.readouterr()
+        assert serving_io.main(["request", str(tmp_path / "composite.png"), str(tmp_path / "mask.png")]) == 0
+        body = json.loads(capsys.readouterr().out)  # what the README pipes into curl
+        assert body == serving_io.request(comp, mask)
+
+        status, answer = post(f"{url}/invocations", body)
+        assert status == 200, answer
+        (out,) = serving_io.response_images(answer)
+        assert out.shape == comp.shape and out.dtype == np.uint8
+        assert out[~fg].tobytes() == comp[~fg].tobytes()  # the background, byte for byte
+        assert not np.array_equal(out[fg], comp[fg])  # the object was harmonized
+        # The same Predictor as harmonize and evaluate, loaded from the same registry alias.
+        with tracking_at(champion_store):
+            local = Predictor.from_uri("models:/rainnet@champion")(comp, mask)
+        assert np.array_equal(out, local)
+
+        (tmp_path / "answer.json").write_text(json.dumps(answer))
+        assert serving_io.main(["response", str(tmp_path / "answer.json"), str(tmp_path / "out.png")]) == 0
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), out)
+
+        status, answer = post(f"{url}/invocations", {"inputs": {"composite": comp.tolist()}})
+        assert status == 400 and "mask" in json.dumps(answer)  # a clear refusal, not a crash
+    finally:
+        _stop(proc)

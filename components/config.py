@@ -131,6 +131,7 @@ class TrainConfig:
     colour_jitter: float = 0.0  # 0..1: one random global colour change per training pair (augment.py)
     identity_fraction: float = 0.0  # share of training composites replaced by their real (leave alone)
     seed: int = 0
+    reader: str = "shards"  # training ingest: shards (ShardDataset in the worker) | ray_data (Ray Data)
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: int = 1

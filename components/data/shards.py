@@ -161,6 +161,12 @@ def decode_triplet(composite: bytes, mask: bytes, real: bytes) -> tuple[np.ndarr
     return comp, m, real_
 
 
+def hflip_triplet(comp: torch.Tensor, mask: torch.Tensor, real: torch.Tensor, flip: bool):
+    """The training flip of one triplet (or a batch): all three mirrored alike, or left as they are.
+    Both training readers (this module's and ``components.training.ingest``) flip through it."""
+    return (comp.flip(-1), mask.flip(-1), real.flip(-1)) if flip else (comp, mask, real)
+
+
 class ShardDataset(IterableDataset):
     """Streams triplets from shards (local or s3://) as training tensors.
 
@@ -245,8 +251,7 @@ class ShardDataset(IterableDataset):
             rows = cache[1]
             comp, mask, real = decode_triplet(rows["composite"][r], rows["mask"][r], rows["real"][r])
             comp, mask, real = torch.from_numpy(comp), torch.from_numpy(mask), torch.from_numpy(real)
-            if self.hflip and flips[pos]:
-                comp, mask, real = comp.flip(-1), mask.flip(-1), real.flip(-1)
+            comp, mask, real = hflip_triplet(comp, mask, real, self.hflip and bool(flips[pos]))
             yield {
                 "composite": comp,
                 "mask": mask,

@@ -39,7 +39,7 @@ from components.config import Params
 from components.data import shards
 from components.data.dataset import open_dataset
 from components.models import losses
-from components.training import engine, remote
+from components.training import engine, ingest, remote
 from components.training.loop import FAULT_ENV, newest_state, train_loop_per_worker
 from components.training.mlflow_logging import find_or_create_run, training_dataset
 from components.training.preflight import check_bucket, check_cluster_gpus, check_local_gpus
@@ -156,7 +156,8 @@ def init_ray(params: Params) -> None:
         return
     t = params.train
     ray.init(
-        num_cpus=max(1, t.num_workers * t.cpus_per_worker),
+        # ray_data: one more CPU for Ray Data's read / decode tasks beside the workers
+        num_cpus=max(1, t.num_workers * t.cpus_per_worker) + (t.reader == "ray_data"),
         num_gpus=None if t.use_gpu else 0,
         object_store_memory=256 * 1024**2,
         log_to_driver=True,  # rank 0 prints the progress lines (components/progress.py)
@@ -185,9 +186,13 @@ def make_trainer(
     if t.use_gpu:
         resources["GPU"] = t.gpus_per_worker
     fs, path = storage.filesystem(storage.join(params.storage.root, "ray"), s3)
+    datasets = None
+    if t.reader == "ray_data":  # the worker reads it through ray.train.get_dataset_shard("train")
+        datasets = {"train": ingest.train_dataset(loop_config["train_uris"], s3, t.seed)}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
+        datasets=datasets,
         scaling_config=ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources
         ),
@@ -293,6 +298,8 @@ def validate(params: Params) -> None:
     t = params.train
     if t.keep not in ("last", "best"):
         raise UserError(f"train.keep={t.keep!r}: expected last or best")
+    if t.reader not in ingest.READERS:
+        raise UserError(f"train.reader={t.reader!r}: expected one of {', '.join(ingest.READERS)}")
     if t.loss not in losses.RECONSTRUCTION_LOSSES:
         raise UserError(f"train.loss={t.loss!r}: expected one of {', '.join(losses.RECONSTRUCTION_LOSSES)}")
 

@@ -27,7 +27,7 @@ from components import storage
 from components.checkpoint import newest_intact, write_with_hash
 from components.data.shards import ShardDataset
 from components.progress import Progress
-from components.training import engine, figures
+from components.training import engine, figures, ingest
 from components.training.mlflow_logging import RankZeroLogger
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,19 @@ def make_loaders(config: dict, rank: int, world: int):
     return train_ds, train_loader, val_loader, steps
 
 
+def train_batches(config: dict, train_ds: ShardDataset, train_loader, rank: int, epoch: int):
+    """The epoch's training batches from ``train.reader``: the shard reader's DataLoader, or this
+    worker's Ray Data shard (``ray.train.get_dataset_shard``; the same rows per rank, flipped alike)."""
+    t = config["params"].train
+    if t.reader != "ray_data":
+        train_ds.set_epoch(epoch)
+        return train_loader
+    import ray.train
+
+    shard = ray.train.get_dataset_shard("train")
+    return ingest.epoch_batches(shard, t.batch_size, t.hflip, t.seed, rank, epoch)
+
+
 def epoch_artifacts(epoch: int, samples, history: list[dict], baseline: dict) -> dict[str, bytes]:
     out = {"plots/convergence.png": figures.convergence_curve(history, baseline)}
     if samples is not None:
@@ -144,13 +157,12 @@ def train_loop_per_worker(config: dict) -> None:
     try:
         for epoch in range(state.epoch + 1, total_epochs + 1):
             engine.seed_everything(t.seed, rank, epoch)
-            train_ds.set_epoch(epoch)
             lr = engine.current_lr(state)
             sums: dict[str, float] = {}
             count = 0
             t0 = time.perf_counter()
             progress.begin_epoch()
-            for i, batch in enumerate(train_loader):
+            for i, batch in enumerate(train_batches(config, train_ds, train_loader, rank, epoch)):
                 if i >= steps:
                     break
                 try:

@@ -10,19 +10,22 @@ from mlflow import MlflowClient
 
 from components.cli import UserError
 from components.config import load_params
+from components.storage import S3Options
 from components.training import launch
-from tests.train.conftest import REPO, TINY, run_train
+from tests.train.conftest import REPO, TINY, project_dir, run_train, write_tiny_dataset
 
 
-def train_with(reader: str, proj, root, ray_address: str) -> tuple[list[dict], set[str]]:
-    """One tiny 2-epoch training with ``train.reader``; (per-epoch rows of the CSV, MLflow metric keys)."""
+def train_with(reader: str, proj, root, ray_address: str | None) -> tuple[list[dict], set[str]]:
+    """One tiny 2-epoch training with ``train.reader`` (on the Ray at ``ray_address``, else a local one);
+    (per-epoch rows of the CSV, MLflow metric keys)."""
     out = proj / reader
     db = f"sqlite:///{out / 'mlflow.db'}"
     out.mkdir()
     args = [*TINY, f"storage.root={root}", "prepare.name=tiny", "train.epochs=2", f"train.reader={reader}",
             f"train.run_name=tiny-{reader}", f"train.weights_out={out / 'generator.pt'}",
             f"train.metrics_out={out / 'train.json'}", f"train.plots_out={out / 'epochs.csv'}"]  # fmt: skip
-    res = run_train(proj, args, env={"MLFLOW_TRACKING_URI": db, "RAY_ADDRESS": ray_address})
+    env = {"MLFLOW_TRACKING_URI": db, **({"RAY_ADDRESS": ray_address} if ray_address else {})}
+    res = run_train(proj, args, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     with open(out / "epochs.csv") as f:
         rows = list(csv.DictReader(f))
@@ -47,3 +50,15 @@ def test_ray_data_reader_trains_on_the_same_samples_and_logs_the_same_metrics(ti
     assert [int(r["step"]) for r in ray_rows] == [int(r["step"]) for r in shard_rows]
     assert ray_metrics == shard_metrics
     assert {"val_fmse", "val_psnr", "train/loss_g"} <= ray_metrics
+
+
+@pytest.mark.slow
+def test_ray_data_reader_reads_the_shards_from_s3(s3_bucket, tmp_path):
+    """storage.root on S3 (moto): Ray Data's read tasks reach the bucket through the configured endpoint.
+    A local Ray (no RAY_ADDRESS): its workers inherit this test's moto credentials, as a cluster's nodes
+    would have their own (instance roles, a Kubernetes secret)."""
+    write_tiny_dataset(s3_bucket, s3=S3Options())
+    proj = project_dir(tmp_path / "proj")
+    rows, metrics = train_with("ray_data", proj, s3_bucket, None)
+    assert [int(r["step"]) for r in rows] == [4, 8]
+    assert "val_fmse" in metrics

@@ -30,10 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     command = shlex.join(["python", "-m", "pipeline.ablate", *args_list])
     out = run(params, command=command)
-    failed = [r["variant"] for r in out["rows"] if r["status"] != "FINISHED"]
+    failed = [r["variant"] for r in out["rows"] if r["status"] not in ("FINISHED", "STOPPED")]
+    stopped = [r["variant"] for r in out["rows"] if r["status"] == "STOPPED"]
     print(
         f"ablation {out['key']}: {len(out['rows'])} distinct networks, "
-        f"{len(out['rows']) - len(failed)} finished"
+        f"{len(out['rows']) - len(failed) - len(stopped)} finished"
+        + (f", stopped early by ASHA: {', '.join(stopped)}" if stopped else "")
         + (f", not finished: {', '.join(failed)}" if failed else "")
         + f"; table {params.ablate.md_out}, MLflow parent run {out['parent_run_id']}"
     )

@@ -326,8 +326,15 @@ def curves(run_id: str) -> list[dict]:
     return [rows[e] for e in sorted(rows) if all(k in rows[e] for k in METRICS)]
 
 
-def is_finished(run, epochs: int) -> bool:
-    if run is None or run.info.status != "FINISHED":
+STOPPED_TAG = "ablation_stopped"  # on a child run that ASHA cut early: not resumed by a rerun of an ASHA sweep
+
+
+def is_finished(run, epochs: int, asha: bool = False) -> bool:
+    if run is None:
+        return False
+    if asha and run.data.tags.get(STOPPED_TAG) == "asha":
+        return True  # ASHA's decision stands: rerunning the sweep does not revive it
+    if run.info.status != "FINISHED":
         return False
     return max((r["epoch"] for r in curves(run.info.run_id)), default=0) >= epochs
 
@@ -382,6 +389,8 @@ def markdown(rows: list[dict], info: dict, composite: dict | None) -> str:
         f"`{info['experiment']}`). Data `{info['dataset']}` ({info['image_size']}x{info['image_size']}), "
         f"{info['epochs']} epoch(s) per variant, seed {info['seed']}. Validation metrics per image on 0..255, "
         "PSNR peak 255; best PSNR is the highest epoch, best MSE / fMSE the lowest.",
+        "",
+        f"Scheduler: {info.get('scheduler', 'none (every variant runs all epochs)')}.",
         "",
         f"Command: `{info['command']}`",
         "",
@@ -547,7 +556,7 @@ def run(params: Params, command: str = "python -m pipeline.ablate") -> dict[str,
     )  # fmt: skip
 
     done = child_runs(params, key)
-    todo = [v for v in variants if not is_finished(done.get(v.id), epochs)]
+    todo = [v for v in variants if not is_finished(done.get(v.id), epochs, a.asha)]
     skipped = [v.id for v in variants if v not in todo]
     if skipped:
         log.info("already finished, not rerun: %s", ", ".join(skipped))
@@ -573,12 +582,15 @@ def run(params: Params, command: str = "python -m pipeline.ablate") -> dict[str,
             else:
                 client.set_terminated(run_.info.run_id, status="FAILED")
             client.set_tag(run_.info.run_id, "ablation_error", errors[v.id][:500])
-        elif v.id in stopped:
+        elif run_ is not None and len(hist) >= epochs:
+            status = "FINISHED"  # also when ASHA's stop came after the last epoch had run anyway
+            if run_.info.status != "FINISHED":
+                client.set_terminated(run_.info.run_id, status="FINISHED")
+        elif v.id in stopped or (run_ is not None and run_.data.tags.get(STOPPED_TAG) == "asha"):
             status = "STOPPED"
             if run_ is not None:
                 client.set_terminated(run_.info.run_id, status="KILLED")
-        elif run_ is not None and len(hist) >= epochs:
-            status = "FINISHED"
+                client.set_tag(run_.info.run_id, STOPPED_TAG, "asha")
         else:
             status = "INCOMPLETE"
         for r in hist:
@@ -590,6 +602,9 @@ def run(params: Params, command: str = "python -m pipeline.ablate") -> dict[str,
         "sweep": sweep_name(params), "key": key, "parent_run_id": parent, "experiment": a.experiment,
         "dataset": launch.dataset_name(params), "image_size": inputs.image_size, "epochs": epochs,
         "seed": params.train.seed, "command": command,
+        "scheduler": (f"ASHA on val PSNR (grace period {a.asha_grace_period} epoch(s), reduction factor "
+                      f"{a.asha_reduction_factor}); STOPPED variants were cut early") if a.asha
+        else "none (every variant runs all epochs)",
     }  # fmt: skip
     write_csv(a.csv_out, rows)
     storage.write_bytes_atomic(a.md_out, markdown(rows, info, composite).encode())

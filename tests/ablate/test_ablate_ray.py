@@ -104,3 +104,47 @@ def test_sweep_with_a_failed_trial_then_resume(tiny_local):
     assert again["rainnet-rain-1"].info.status == "FINISHED"
     assert steps(client, again["rainnet-rain-1"].info.run_id, "val_psnr") == [1]  # nothing logged twice
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+def test_asha_sweep_reports_stopped_trials_consistently(tiny_local):
+    """ASHA on (``ablate.asha``): trials run one at a time, so each is judged against those before it.
+
+    Which variant ASHA stops depends on the values (and a stop can arrive after a short trial already
+    ran its last epoch); what must hold either way: a variant is FINISHED with every epoch logged or
+    STOPPED with fewer and its MLflow run KILLED, the stage succeeds, and a rerun revives nothing.
+    """
+    proj, root = tiny_local["proj"], tiny_local["root"]
+    db = f"sqlite:///{proj / 'mlflow.db'}"
+    reports = proj / "reports"
+    args = [*TINY, f"storage.root={root}", "prepare.name=tiny", "train.sample_grid=0",
+            "ablate.placements=[baseline, rain-1]", "ablate.epochs=2", "ablate.decay_epochs=0",
+            "ablate.asha=true", "ablate.asha_grace_period=1", "ablate.asha_reduction_factor=4",
+            "ablate.max_concurrent_trials=1", "ablate.trial_cpus=0.05", "ablate.cpus_per_worker=1",
+            f"ablate.csv_out={reports / 'ablation.csv'}", f"ablate.md_out={reports / 'ablation.md'}",
+            f"ablate.figures_prefix={reports / 'ablation-'}"]  # fmt: skip
+    env = {"MLFLOW_TRACKING_URI": db}
+    done = run_ablate(proj, args, env)
+    log = done.stdout[-4000:] + done.stderr[-4000:]
+    assert done.returncode == 0, log  # an ASHA stop is an outcome, not a failure
+    rows = read_csv(reports / "ablation.csv")
+    assert set(rows) == {"rainnet-baseline", "rainnet-rain-1"}, log
+    client = MlflowClient(db)
+    for vid, row in rows.items():
+        child = client.get_run(row["run_id"])
+        logged = steps(client, row["run_id"], "val_psnr")
+        assert row["status"] in ("FINISHED", "STOPPED"), (vid, row)
+        if row["status"] == "FINISHED":
+            assert logged == [1, 2] and child.info.status == "FINISHED", (vid, logged)
+        else:
+            assert logged == [1] and child.info.status == "KILLED", (vid, logged)
+            assert f"stopped early by ASHA: {vid}" in done.stdout
+    assert "Scheduler: ASHA on val PSNR (grace period 1 epoch(s), reduction factor 4)" in (
+        reports / "ablation.md"
+    ).read_text()
+
+    again = run_ablate(proj, args, env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "already finished, not rerun: rainnet-baseline, rainnet-rain-1" in again.stdout + again.stderr
+    assert {v: r["status"] for v, r in read_csv(reports / "ablation.csv").items()} == {
+        v: r["status"] for v, r in rows.items()
+    }

@@ -496,9 +496,12 @@ def init_ray(params: Params, probe: Params) -> None:
         ray.init(log_to_driver=True, logging_level=logging.WARNING)  # start-up chatter off, errors kept
         return
     t, a = probe.train, params.ablate
-    per_trial = t.num_workers * t.cpus_per_worker + a.trial_cpus
+    group = t.num_workers * t.cpus_per_worker
+    per_trial = group + a.trial_cpus
+    # + one worker group of headroom: a finished or ASHA-stopped trial's placement group is released
+    # asynchronously (Train V2's PlacementGroupCleaner), and the next trial must not wait on it.
     ray.init(
-        num_cpus=max(1, math.ceil(max(1, a.max_concurrent_trials) * per_trial)),
+        num_cpus=max(1, math.ceil(max(1, a.max_concurrent_trials) * per_trial + group)),
         num_gpus=None if t.use_gpu else 0,
         object_store_memory=256 * 1024**2,
         log_to_driver=True,  # rank 0 prints the progress lines (components/progress.py)

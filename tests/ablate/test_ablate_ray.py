@@ -37,15 +37,20 @@ def steps(client: MlflowClient, run_id: str, metric: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, metric))
 
 
+def sweep_args(root: str, reports, *extra: str) -> list[str]:
+    """The tiny sweep's overrides: tiny data and networks, 1-CPU trainings, reports under ``reports``."""
+    return [*TINY, f"storage.root={root}", "prepare.name=tiny", "train.sample_grid=0",
+            "ablate.decay_epochs=0", "ablate.trial_cpus=0.05", "ablate.cpus_per_worker=1",
+            f"ablate.csv_out={reports / 'ablation.csv'}", f"ablate.md_out={reports / 'ablation.md'}",
+            f"ablate.figures_prefix={reports / 'ablation-'}", *extra]  # fmt: skip
+
+
 def test_sweep_with_a_failed_trial_then_resume(tiny_local):
     proj, root = tiny_local["proj"], tiny_local["root"]
     db = f"sqlite:///{proj / 'mlflow.db'}"
     reports = proj / "reports"
-    args = [*TINY, f"storage.root={root}", "prepare.name=tiny", "train.sample_grid=0",
-            "ablate.placements=[baseline, rain-3, rain-4, rain-1]", "ablate.epochs=1", "ablate.decay_epochs=0",
-            "ablate.max_concurrent_trials=3", "ablate.trial_cpus=0.05", "ablate.cpus_per_worker=1",
-            f"ablate.csv_out={reports / 'ablation.csv'}", f"ablate.md_out={reports / 'ablation.md'}",
-            f"ablate.figures_prefix={reports / 'ablation-'}"]  # fmt: skip
+    args = sweep_args(root, reports, "ablate.placements=[baseline, rain-3, rain-4, rain-1]", "ablate.epochs=1",
+                      "ablate.max_concurrent_trials=3")  # fmt: skip
     # A local Ray per command, sized for the three 1-CPU trainings and their Tune trials at once.
     env = {"MLFLOW_TRACKING_URI": db}
 
@@ -116,12 +121,9 @@ def test_asha_sweep_reports_stopped_trials_consistently(tiny_local):
     proj, root = tiny_local["proj"], tiny_local["root"]
     db = f"sqlite:///{proj / 'mlflow.db'}"
     reports = proj / "reports"
-    args = [*TINY, f"storage.root={root}", "prepare.name=tiny", "train.sample_grid=0",
-            "ablate.placements=[baseline, rain-1]", "ablate.epochs=3", "ablate.decay_epochs=0",
-            "ablate.asha=true", "ablate.asha_grace_period=1", "ablate.asha_reduction_factor=4",
-            "ablate.max_concurrent_trials=1", "ablate.trial_cpus=0.05", "ablate.cpus_per_worker=1",
-            f"ablate.csv_out={reports / 'ablation.csv'}", f"ablate.md_out={reports / 'ablation.md'}",
-            f"ablate.figures_prefix={reports / 'ablation-'}"]  # fmt: skip
+    args = sweep_args(root, reports, "ablate.placements=[baseline, rain-1]", "ablate.epochs=3",
+                      "ablate.asha=true", "ablate.asha_grace_period=1", "ablate.asha_reduction_factor=4",
+                      "ablate.max_concurrent_trials=1")  # fmt: skip
     env = {"MLFLOW_TRACKING_URI": db}
     done = run_ablate(proj, args, env)
     log = done.stdout[-4000:] + done.stderr[-4000:]

@@ -42,3 +42,15 @@ def test_dvc_repro_prepare_fresh_clone(tmp_path):
     assert "metrics/headline/dataset_card.json" in shown and "train_triplets" in shown
     assert str(card["counts"]["train"]) in shown
     assert card["content_hash"] not in shown  # the card is a plain output; the metric is the headline
+
+    # Two experiments side by side: `dvc exp show` stays readable (the issue counted 261 CSV columns
+    # when cards, ids and hashes were metrics): names, the params that differ and headline numbers only.
+    for seed in (1, 2):
+        dvc("exp", "run", "prepare", "-S", f"prepare.seed={seed}", "-n", f"seed{seed}")
+    table = dvc("exp", "show", "--csv", "--only-changed").strip().splitlines()
+    header = table[0].split(",")
+    rows = {line.split(",")[0]: line for line in table[1:]}
+    assert {"seed1", "seed2"} <= set(rows), table
+    assert "prepare.seed" in header and "train_triplets" in header, header
+    assert len(header) <= 15, header  # Experiment, rev, typ, Created + a handful of numbers and params
+    assert not any("hash" in h or "run_id" in h for h in header), header

@@ -162,17 +162,22 @@ def ray_cluster(tmp_path_factory) -> dict:
 def mlflow_server(tmp_path_factory) -> str:
     """A real MLflow tracking server (sqlite backend, local artifact store) on 127.0.0.1; yields its URL."""
     root = tmp_path_factory.mktemp("mlflow")
+    with serve_mlflow(f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"), root / "mlflow.log") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve_mlflow(backend: str, artifacts: str, log: Path, *extra: str, env: dict | None = None, timeout=180):
+    """``mlflow server`` (one worker, no job execution) on a free 127.0.0.1 port; yields its URL, stops it."""
     port = free_port()
     cmd = [
-        str(BIN / "mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        str(BIN / "mlflow"), "server", "--backend-store-uri", backend, "--artifacts-destination", artifacts,
+        *extra, "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
-    proc = _start(cmd, root / "mlflow.log", env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    proc = _start(cmd, log, env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{url}/health", timeout=180, proc=proc)
+        wait_http(f"{url}/health", timeout=timeout, proc=proc)
         yield url
     finally:
         _stop(proc)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, _start, _stop, free_port, wait_http
+from tests.conftest import BIN, _start, _stop, free_port, serve_mlflow, wait_http
 
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)), None)
 RAY_PORT_FLAGS = (
@@ -77,20 +77,10 @@ def artifact_bucket(moto_endpoint) -> str:
 def shared_mlflow(postgres, artifact_bucket, moto_endpoint, tmp_path_factory) -> str:
     """``mlflow server`` on the PostgreSQL backend, artifacts proxied to ``s3://<bucket>/mlartifacts``."""
     root = tmp_path_factory.mktemp("shared_mlflow")
-    port = free_port()
-    cmd = [
-        str(BIN / "mlflow"), "server", "--backend-store-uri", postgres,
-        "--artifacts-destination", f"s3://{artifact_bucket}/mlartifacts", "--serve-artifacts",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_S3_ENDPOINT_URL": moto_endpoint}
-    proc = _start(cmd, root / "mlflow.log", env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/health", timeout=240, proc=proc)
+    artifacts = f"s3://{artifact_bucket}/mlartifacts"
+    env = {"MLFLOW_S3_ENDPOINT_URL": moto_endpoint}
+    with serve_mlflow(postgres, artifacts, root / "mlflow.log", "--serve-artifacts", env=env, timeout=240) as url:
         yield url
-    finally:
-        _stop(proc)
 
 
 def ray_node(temp_dir: Path, *, head_port: int | None = None, address: str | None = None) -> list[str]:

@@ -35,6 +35,7 @@ from components.config import flatten, main_workspace
 log = logging.getLogger(__name__)
 
 ENV_VAR = "MLFLOW_TRACKING_URI"
+REGISTRY_ENV_VAR = "MLFLOW_REGISTRY_URI"  # never exported: the registry is the tracking store
 DB_NAME = "mlruns.db"
 ARTIFACTS_DIR = "mlartifacts"
 # Param values longer than this are truncated: 500 is the limit of older MLflow servers (3.x allows
@@ -76,8 +77,9 @@ def tracking_uri() -> str:
 def configure(uri: str | None = None, export_env: bool = True) -> str:
     """Point MLflow tracking and the model registry at ``uri`` (default ``tracking_uri()``); return it.
 
-    With ``export_env`` the URI is also put in ``os.environ`` so child processes (a local Ray, DVC
-    subprocesses) track to the same place.
+    With ``export_env`` the URI is also put in ``os.environ`` as ``MLFLOW_TRACKING_URI`` so child
+    processes (a local Ray, DVC subprocesses) track to the same place; nothing else in ``os.environ``
+    changes (not ``MLFLOW_REGISTRY_URI``, which MLflow's own setters would export).
     """
     global _configured
     uri = uri or tracking_uri()
@@ -85,8 +87,17 @@ def configure(uri: str | None = None, export_env: bool = True) -> str:
     if db is not None:  # absolute, so workers and subfolders open the same file
         uri = f"sqlite:///{db}"
         db.parent.mkdir(parents=True, exist_ok=True)
+    before = {k: os.environ.get(k) for k in (ENV_VAR, REGISTRY_ENV_VAR)}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    # MLflow's setters also put both URIs in os.environ. Only the documented export stays: an exported
+    # registry URI would pin every later client and child process (given another tracking URI) to this
+    # store, and a reader's URI would become the default of the next configure().
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     if export_env:
         os.environ[ENV_VAR] = uri
     _configured = uri

@@ -68,6 +68,47 @@ def _stop(proc: subprocess.Popen, timeout: float = 30.0) -> None:
         proc.wait(timeout=10)
 
 
+MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextlib.contextmanager
+def mlflow_uris_kept():
+    """On exit, MLflow's tracking and registry URIs as on entry: its process-wide settings (what
+    ``mlflow.set_tracking_uri`` / ``set_registry_uri`` set) and the two variables those setters export
+    to ``os.environ``. ``mlflow.get_tracking_uri()`` cannot be used to save them: it returns a default
+    (``sqlite:///<cwd>/mlflow.db``) when none is set, and setting that back pins every later test to it."""
+
+    def settings() -> tuple[str | None, str | None]:  # None while MLflow is not imported: nothing set
+        tracking = sys.modules.get("mlflow.tracking._tracking_service.utils")
+        registry = sys.modules.get("mlflow.tracking._model_registry.utils")
+        return getattr(tracking, "_tracking_uri", None), getattr(registry, "_registry_uri", None)
+
+    env, before = {k: os.environ.get(k) for k in MLFLOW_ENV}, settings()
+    try:
+        yield
+    finally:
+        if settings() != before:
+            import mlflow
+            from mlflow.tracking._model_registry import utils as registry
+
+            mlflow.set_tracking_uri(before[0])
+            registry._registry_uri = before[1]  # set_registry_uri(None) would keep the exported variable
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_uris():
+    """Every test leaves MLflow pointed where it found it: a test (or stage run in-process) that
+    configures MLflow changes process-wide state that later tests, and the subprocesses they start with
+    ``os.environ``, would otherwise inherit."""
+    with mlflow_uris_kept():
+        yield
+
+
 @pytest.fixture(scope="session")
 def lalonde() -> Path:
     """The shared real-photo data set (development data; the product itself never needs it)."""

@@ -20,14 +20,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def _restore_mlflow(monkeypatch):
-    """configure() sets global MLflow state and os.environ: undo both after each test."""
+    """configure() sets global MLflow state and os.environ: tests/conftest.py's ``_mlflow_uris`` puts
+    the URIs back after each test; this ends the test's runs and forgets its configure()."""
     monkeypatch.delenv(T.ENV_VAR, raising=False)
-    before = mlflow.get_tracking_uri()
     yield
     while mlflow.active_run():
         mlflow.end_run()
-    mlflow.set_tracking_uri(before)
-    mlflow.set_registry_uri(before)
     T._configured = None
 
 
@@ -98,6 +96,20 @@ def test_child_process_in_another_copy_tracks_to_the_same_store(project, tmp_pat
     monkeypatch.delenv(T.ENV_VAR)  # without it a copy gets its own database: what worker_env() prevents
     monkeypatch.chdir(copy)
     assert T.tracking_uri() == f"sqlite:///{copy.resolve() / 'mlruns.db'}"
+
+
+def test_configure_exports_the_tracking_uri_only(project, tmp_path):
+    """MLflow's own setters also export MLFLOW_REGISTRY_URI (and do so for export_env=False too): left in
+    os.environ, it would send the registry calls of a later client or child process given another
+    tracking URI to this store, and a reader's URI would become the next configure()'s default."""
+    uri = T.configure()
+    assert os.environ[T.ENV_VAR] == uri and T.REGISTRY_ENV_VAR not in os.environ
+    assert mlflow.get_tracking_uri() == mlflow.get_registry_uri() == uri
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert T.configure(other, export_env=False) == other
+    assert mlflow.get_tracking_uri() == mlflow.get_registry_uri() == other
+    assert os.environ[T.ENV_VAR] == uri and T.REGISTRY_ENV_VAR not in os.environ
+    assert T.configure() == uri
 
 
 def test_log_params_flat_is_idempotent_and_guards_changes(project):

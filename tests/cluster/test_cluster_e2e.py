@@ -57,11 +57,12 @@ def stage(module: str, overrides: list[str]) -> list[str]:
 
 
 def local_env(tracking: str, **extra: str) -> dict[str, str]:
-    """The submitting machine: the moto credentials, the shared MLflow, no Ray address, git identity."""
+    """The submitting machine: the moto credentials, the shared MLflow (for tracking and the registry, so
+    no registry URI this process had makes the stages register elsewhere), no Ray address, git identity."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(MLFLOW_TRACKING_URI=tracking, PYTHONPATH=str(REPO), PATH=f"{BIN}:{env.get('PATH', '')}",
-               RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", GIT_AUTHOR_NAME="t",
-               GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t", **extra)  # fmt: skip
+    env.update(MLFLOW_TRACKING_URI=tracking, MLFLOW_REGISTRY_URI=tracking, PYTHONPATH=str(REPO),
+               PATH=f"{BIN}:{env.get('PATH', '')}", RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t", **extra)  # fmt: skip
     return env
 
 
@@ -111,7 +112,7 @@ def test_prepare_job_submit_evaluate_register_dvc_push_pull(
     assert f"Job '{sub_id}' succeeded" in job.stdout, job.stdout[-3000:]
     assert len(train_worker_nodes(two_nodes.dashboard)) == 2  # one worker on each node
 
-    client = MlflowClient(shared_mlflow)
+    client = MlflowClient(shared_mlflow, registry_uri=shared_mlflow)  # not this process's registry URI
     run = client.get_run(run_id_in(job.stdout))
     assert run.info.status == "FINISHED" and run.data.tags["model_epoch"] == "2"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_fmse")] == [1, 2]

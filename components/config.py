@@ -130,6 +130,7 @@ class TrainConfig:
     hflip: bool = True
     colour_jitter: float = 0.0  # 0..1: one random global colour change per training pair (augment.py)
     identity_fraction: float = 0.0  # share of training composites replaced by their real (leave alone)
+    ema_decay: float = 0.0  # > 0: validate and ship an exponential moving average of the weights
     seed: int = 0
     reader: str = "shards"  # training ingest: shards (ShardDataset in the worker) | ray_data (Ray Data)
     num_workers: int = 1
@@ -338,6 +339,7 @@ RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("train", "sample_grid"): _NOT_NEGATIVE,
     ("train", "colour_jitter"): _FRACTION,
     ("train", "identity_fraction"): _FRACTION,
+    ("train", "ema_decay"): _FRACTION,
     ("train", "fn_min_area"): _POSITIVE,
     ("ablate", "epochs"): _NOT_NEGATIVE,
     ("ablate", "decay_epochs"): _NOT_NEGATIVE,

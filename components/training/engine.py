@@ -51,6 +51,7 @@ class TrainState:
     best: dict | None = None  # {"epoch", "val_fmse", "generator": state dict} of the best val epoch
     nonfinite_steps: int = 0  # steps skipped because a loss was NaN / Inf (all of training)
     nonfinite_in_a_row: int = 0  # ... of which the latest, without a finite step between
+    ema: Any = None  # torch.optim.swa_utils.AveragedModel of the generator (train.ema_decay > 0)
 
     @property
     def gan(self) -> bool:
@@ -91,6 +92,8 @@ def build_state(
         gen = wrap(gen)
     opt_g = torch.optim.Adam(gen.parameters(), lr=t.lr, betas=(t.beta1, t.beta2))
     state = TrainState(gen, opt_g, make_scheduler(opt_g, t.epochs, t.decay_epochs))
+    if t.ema_decay > 0:
+        state.ema = make_ema(unwrap(gen), t.ema_decay)
     if t.gan:
         d = build_model(dict(params.model.discriminator))
         dv = build_model(dict(params.model.domain_discriminator))
@@ -102,6 +105,28 @@ def build_state(
         )
         state.opt_d, state.sched_d = opt_d, make_scheduler(opt_d, t.epochs, t.decay_epochs)
     return state
+
+
+def make_ema(generator: torch.nn.Module, decay: float):
+    """An exponential moving average of the generator's weights (and buffers), updated every step.
+
+    Small data makes the weights of consecutive epochs score very differently on unseen scenes; their
+    average generalizes better than any one of them, so validation, ``keep: best`` and the model a run
+    ships use the average, while training continues from the raw weights.
+    """
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def eval_generator(state: TrainState) -> torch.nn.Module:
+    """The generator that is validated and shipped: the weight average when there is one."""
+    return state.ema.module if state.ema is not None else unwrap(state.generator)
+
+
+def shipped_generator_state(data: dict[str, Any]) -> dict[str, Any]:
+    """From a saved training state (:func:`state_dict`): the weights of the model the run ships."""
+    return data.get("ema") or data["generator"]
 
 
 def generator_spec(spec: dict, image_size: int) -> dict:
@@ -132,6 +157,9 @@ def state_dict(state: TrainState) -> dict[str, Any]:
         "best": state.best,
         "nonfinite_steps": state.nonfinite_steps,
     }
+    if state.ema is not None:
+        out["ema"] = state.ema.module.state_dict()
+        out["ema_updates"] = int(state.ema.n_averaged)
     if state.gan:
         out.update(
             discriminator=state.discriminator.state_dict(),
@@ -159,13 +187,18 @@ def load_state_dict(state: TrainState, data: dict[str, Any]) -> None:
     state.history = list(data.get("history", []))
     state.best = data.get("best")
     state.nonfinite_steps = int(data.get("nonfinite_steps", 0))
+    if state.ema is not None:
+        if "ema" not in data:
+            raise ValueError("checkpoint has no weight average but train.ema_decay is set")
+        state.ema.module.load_state_dict(data["ema"], strict=True)
+        state.ema.n_averaged.fill_(int(data.get("ema_updates", 1)))
 
 
 def track_best(state: TrainState, val_fmse: float) -> bool:
     """Keep a CPU copy of the generator when ``val_fmse`` is the lowest so far; True when it is."""
     if state.best is not None and not val_fmse < state.best["val_fmse"]:
         return False
-    gen = unwrap(state.generator).state_dict()
+    gen = eval_generator(state).state_dict()
     state.best = {
         "epoch": state.epoch,
         "val_fmse": float(val_fmse),
@@ -316,6 +349,8 @@ def train_step(state: TrainState, batch: dict, t, device, amp: bool = True) -> d
     if finite:  # a NaN / Inf loss is never backpropagated: the weights stay as they were
         loss_g.backward()
         state.opt_g.step()
+        if state.ema is not None:
+            state.ema.update_parameters(unwrap(gen))
     count_step(state, finite, t.max_nonfinite_steps)
     if not finite:
         return {}

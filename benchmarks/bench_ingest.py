@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 from components.config import load_params  # noqa: E402
 from components.data.dataset import open_dataset  # noqa: E402
 from components.data.shards import ShardDataset  # noqa: E402
+from components.storage import Store  # noqa: E402
 from components.training import engine, ingest  # noqa: E402
 from components.training.augment import identity_pairs, scene_colour_jitter  # noqa: E402
 
@@ -75,7 +76,7 @@ def main() -> None:
     params = load_params(REPO / "params.yaml", [f"storage.root={args.root}"] if args.root else [])
     t = params.train
     torch.set_num_threads(t.cpus_per_worker)
-    data = open_dataset(params.storage.root, params.prepare.name)
+    data = open_dataset(Store.from_config(params.storage), params.prepare.name)
     uris = [str(Path(u).absolute()) for u in data.uris("train")]
     batch = next(iter(shard_epoch(uris, t, 0)))
     state = engine.build_state(params, engine.generator_spec(params.model.generator, data.image_size))

@@ -55,8 +55,9 @@ def make_triplets(n: int, size: int):
 def build_inputs(work: Path, n: int, size: int) -> None:
     from components.data.dataset import DatasetWriter
     from components.data.images import encode_png
+    from components.storage import Store
 
-    writer = DatasetWriter(str(work / "store"), f"bench{n}", rows_per_shard=4096, rows_per_row_group=64)
+    writer = DatasetWriter(Store(str(work / "store")), f"bench{n}", rows_per_shard=4096, rows_per_row_group=64)
     folder = work / f"pairs{n}"
     folder.mkdir(parents=True)
     for name, comp, mask, real in make_triplets(n, size):

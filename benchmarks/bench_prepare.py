@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from components.config import load_params  # noqa: E402
 from components.data.build import prepare_dataset  # noqa: E402
 from components.data.shards import ShardDataset, shard_uris  # noqa: E402
+from components.storage import Store  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,14 +35,14 @@ def bench_prepare(root: str, crops: int, processes: int) -> dict:
     params = load_params(REPO / "params.yaml", [f"storage.root={root}", f"prepare.crops_per_photo={crops}",
                                                 f"prepare.processes={processes}"])  # fmt: skip
     t = time.perf_counter()
-    result = prepare_dataset(params.prepare, params.storage, progress=False)
+    result = prepare_dataset(params.prepare, Store.from_config(params.storage), progress=False)
     wall = time.perf_counter() - t
     return {"processes": processes, "triplets": result.card["total"], "seconds": round(wall, 2),
             "triplets_per_s": round(result.card["total"] / wall, 1)}  # fmt: skip
 
 
 def bench_reader(root: str, batch_size: int, num_workers: int, epochs: int = 3) -> dict:
-    uris = shard_uris(root, "default", "train")
+    uris = shard_uris(Store(root), "default", "train")
     ds = ShardDataset(uris, hflip=True)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
     n, t = 0, time.perf_counter()

@@ -20,10 +20,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from components import storage  # noqa: E402
 from components.data import images  # noqa: E402
 from components.predictor import Predictor  # noqa: E402
 from components.showcase import Row, showcase_png  # noqa: E402
+from components.storage import Store  # noqa: E402
 
 
 def pick(folder: Path, count: int) -> list[tuple[Path, Path]]:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         Row(c.name, images.read_image(str(c)), images.read_mask(str(m), soft=True))
         for c, m in pick(Path(args.data), args.count)
     ]
-    storage.write_bytes_atomic(args.out, showcase_png(rows, predictors))
+    Store().write_bytes(args.out, showcase_png(rows, predictors))
     print(f"wrote {args.out}: {len(rows)} composites x {list(predictors)}")
     return 0
 

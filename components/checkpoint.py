@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from components import storage
+from components.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +61,17 @@ def save_generator(
     spec: dict,
     image_size: int,
     meta: dict | None = None,
-    s3: storage.S3Options | None = None,
+    store: Store | None = None,
 ) -> dict[str, Any]:
-    """Write the generator file atomically to a local path or ``s3://`` URI; returns the payload."""
+    """Write the generator file atomically to a local path or ``s3://`` URI (through ``store``, default
+    ``Store()``); returns the payload."""
     payload = generator_payload(model, spec, image_size, meta)
     bad = nonfinite_keys(payload["state_dict"])
     if bad:
         raise CheckpointError(f"{uri}: not written: the weights are not finite ({', '.join(bad[:3])}, ...)")
     buf = io.BytesIO()
     torch.save(payload, buf)
-    storage.write_bytes_atomic(str(uri), buf.getvalue(), s3=s3)
+    (store or Store()).write_bytes(str(uri), buf.getvalue())
     return payload
 
 
@@ -129,14 +131,14 @@ def _verified_mlflow_bytes(uri: str) -> bytes:
     return data
 
 
-def read_payload(uri: str, map_location: str | torch.device = "cpu", s3=None) -> dict[str, Any]:
+def read_payload(uri: str, map_location: str | torch.device = "cpu", store: Store | None = None) -> dict[str, Any]:
     """Read and check the file's dict without building the network (MLflow models: hash first)."""
     uri = str(uri)
     try:
         if uri.startswith(("runs:/", "models:/")):
             data = _verified_mlflow_bytes(uri)
         else:
-            data = storage.read_bytes(uri, s3=s3)
+            data = (store or Store()).read_bytes(uri)
     except CheckpointError:
         raise
     except (FileNotFoundError, OSError) as exc:
@@ -172,10 +174,10 @@ def model_from_payload(payload: dict[str, Any], where: str = "generator") -> tor
 
 
 def load_generator(
-    uri: str, map_location: str | torch.device = "cpu", s3: storage.S3Options | None = None
+    uri: str, map_location: str | torch.device = "cpu", store: Store | None = None
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """``(generator in eval mode, info)``; info has ``spec``, ``image_size`` and ``meta``."""
-    payload = read_payload(uri, map_location=map_location, s3=s3)
+    payload = read_payload(uri, map_location=map_location, store=store)
     model = model_from_payload(payload, where=str(uri))
     model.to(map_location)
     info = {k: v for k, v in payload.items() if k != "state_dict"}
@@ -208,16 +210,17 @@ def write_with_hash(directory: str | Path, name: str, data: bytes) -> None:
     Path(directory, name + HASH_SUFFIX).write_text(sha256_hex(data) + "\n")
 
 
-def read_verified(uri: str, s3: storage.S3Options | None = None, require_hash: bool = True) -> bytes:
+def read_verified(uri: str, store: Store | None = None, require_hash: bool = True) -> bytes:
     """The bytes of ``uri`` after checking them against ``<uri>.sha256``; ``CheckpointError`` naming
     the file when it is unreadable or does not match (truncated, overwritten). A file without a hash
     (written before hashes existed) passes unverified unless ``require_hash``."""
+    store = store or Store()
     try:
-        data = storage.read_bytes(uri, s3=s3)
+        data = store.read_bytes(uri)
     except OSError as exc:
         raise CheckpointError(f"{uri}: cannot read it: {exc}") from None
     try:
-        expected = storage.read_bytes(uri + HASH_SUFFIX, s3=s3).decode().strip()
+        expected = store.read_bytes(uri + HASH_SUFFIX).decode().strip()
     except (OSError, UnicodeDecodeError) as exc:
         if require_hash:
             raise CheckpointError(f"{uri}: no readable {HASH_SUFFIX} next to it: {exc}") from None
@@ -232,7 +235,7 @@ def read_verified(uri: str, s3: storage.S3Options | None = None, require_hash: b
 
 
 def newest_intact(
-    root: str, name: str, prefix: str, load: Callable[[bytes], Any], s3: storage.S3Options | None = None
+    root: str, name: str, prefix: str, load: Callable[[bytes], Any], store: Store | None = None
 ) -> tuple[str | None, Any, list[str]]:
     """The newest ``<root>/<prefix>NNNN/<name>`` that passes its hash and ``load``, by the number in the
     folder name (not by what any tracker recorded last).
@@ -240,8 +243,9 @@ def newest_intact(
     Returns ``(folder uri, load(bytes), problems)``: ``problems`` names every newer file that was
     skipped and why; ``(None, None, problems)`` when no folder holds an intact file.
     """
+    store = store or Store()
     try:
-        folders = [d for d in storage.list_dirs(root, s3=s3) if d.startswith(prefix)]
+        folders = [d for d in store.list_dirs(root) if d.startswith(prefix)]
     except OSError as exc:
         raise CheckpointError(f"{root}: cannot list the checkpoints: {exc}") from None
     pattern = re.compile(re.escape(prefix) + r"(\d+)(?:\.r(\d+))?")  # epoch_0003, a retrained epoch_0003.r1
@@ -252,7 +256,7 @@ def newest_intact(
         uri = storage.join(root, folder)
         path = storage.join(uri, name)
         try:
-            data = read_verified(path, s3=s3, require_hash=False)
+            data = read_verified(path, store, require_hash=False)
         except CheckpointError as exc:
             problems.append(str(exc))
             continue

@@ -18,13 +18,14 @@ import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from components import metrics, storage
+from components import metrics
 from components.data import iharmony4, images
 from components.data.images import InputError
+from components.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ PER_IMAGE_COLUMNS = (
 
 @dataclass(frozen=True)
 class Sample:
-    """One test image: where its three files are (iHarmony4) or its encoded bytes (shards)."""
+    """One test image: where its three files are (iHarmony4, read through ``store``) or its encoded
+    bytes (shards)."""
 
     path: str  # what the per-image CSV calls it: <subset>/composite_images/<file> or the shard sample id
     subset: str
@@ -46,6 +48,7 @@ class Sample:
     mask: str | bytes
     real: str | bytes
     method: str = ""  # how the composite was made, when known
+    store: Store | None = field(default=None, compare=False, repr=False)  # None: Store()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -53,19 +56,20 @@ class Sample:
 # --------------------------------------------------------------------------------------------------
 
 
-def iharmony4_samples(root: str, split: str = "test", s3=None) -> list[Sample]:
-    """All samples of a split under ``root``: one subset folder, or a folder of subset folders."""
+def iharmony4_samples(store: Store, root: str, split: str = "test") -> list[Sample]:
+    """All samples of a split under ``root`` (read through ``store``): one subset folder, or a folder of
+    subset folders."""
     root = str(root).rstrip("/")
-    if not storage.is_dir(root, s3):
+    if not store.is_dir(root):
         raise InputError(f"{root}: evaluation data folder not found")
-    found = iharmony4.subsets(root, s3)
+    found = iharmony4.subsets(store, root)
     if not found:
         raise InputError(f"{root}: no iHarmony4 subset (a folder with composite_images/) found")
     samples: list[Sample] = []
     for subset, sdir in found:
-        for name in iharmony4.composite_names(sdir, subset, split, root, s3):
+        for name in iharmony4.composite_names(store, sdir, subset, split, root):
             comp, mask, real = iharmony4.triplet_uris(sdir, name)
-            samples.append(Sample(f"{subset}/{iharmony4.COMPOSITES}/{name}", subset, comp, mask, real))
+            samples.append(Sample(f"{subset}/{iharmony4.COMPOSITES}/{name}", subset, comp, mask, real, store=store))
     if not samples:
         raise InputError(f"{root}: the {split} split is empty")
     return samples
@@ -95,11 +99,11 @@ class ShardSamples:
         return [(r["subset"], r["sample_id"]) for r in self.dataset.iter_rows(self.split, ["sample_id", "subset"])]
 
 
-def shard_samples(root: str, dataset: str, split: str = "test", s3=None) -> ShardSamples:
+def shard_samples(store: Store, dataset: str, split: str = "test") -> ShardSamples:
     """The ``prepare`` shards of a split (opened and verified through the dataset's manifest)."""
     from components.data.dataset import open_dataset
 
-    ds = open_dataset(root, dataset, s3)
+    ds = open_dataset(store, dataset)
     if not ds.rows(split):
         raise InputError(f"{ds.dir}: no {split} shards in the published dataset (run prepare first)")
     return ShardSamples(ds, split)
@@ -115,11 +119,12 @@ def sample_keys(samples) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------------------------------
 
 
-def load_sample(sample: Sample, s3=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(composite uint8 (H, W, 3), mask alpha uint8 (H, W), real) at native resolution; errors name the file."""
+def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(composite uint8 (H, W, 3), mask alpha uint8 (H, W), real) at native resolution, files read
+    through the sample's store; errors name the file."""
 
     def read(src: str | bytes) -> tuple[bytes, str]:
-        return (src, sample.path) if isinstance(src, bytes) else (images.read_file_bytes(src, s3), src)
+        return (src, sample.path) if isinstance(src, bytes) else (images.read_file_bytes(src, sample.store), src)
 
     comp = images.decode_image(*read(sample.composite))
     mask = images.decode_mask(*read(sample.mask), soft=True)
@@ -132,13 +137,13 @@ def load_sample(sample: Sample, s3=None) -> tuple[np.ndarray, np.ndarray, np.nda
     return comp, mask, real
 
 
-def iter_loaded(samples: Iterable[Sample], s3=None, threads: int = 4) -> Iterator[tuple[Sample, tuple]]:
+def iter_loaded(samples: Iterable[Sample], threads: int = 4) -> Iterator[tuple[Sample, tuple]]:
     """(sample, (composite, mask, real)) in order; a thread pool reads at most ``2 * threads`` samples
     ahead of use, so memory does not grow with the number of samples."""
     ahead: deque = deque()
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for sample in samples:
-            ahead.append((sample, pool.submit(load_sample, sample, s3)))
+            ahead.append((sample, pool.submit(load_sample, sample)))
             if len(ahead) >= 2 * threads:
                 done, future = ahead.popleft()
                 yield done, future.result()
@@ -171,24 +176,24 @@ def score_sample(predictor, sample: Sample, loaded: tuple) -> dict:
     return row
 
 
-def evaluate(predictor, samples: Iterable[Sample], s3=None, progress: bool = True) -> list[dict]:
+def evaluate(predictor, samples: Iterable[Sample], progress: bool = True) -> list[dict]:
     """Per-image rows (``score_sample``) for every sample, through the predictor users get."""
     from tqdm import tqdm
 
     rows = []
-    for sample, loaded in tqdm(iter_loaded(samples, s3), total=len(samples), desc="evaluate", unit="img",
+    for sample, loaded in tqdm(iter_loaded(samples), total=len(samples), desc="evaluate", unit="img",
                                disable=not progress):  # fmt: skip
         rows.append(score_sample(predictor, sample, loaded))
     return rows
 
 
-def showcase(predictor, samples: Iterable[Sample], count: int, s3=None, label: str = "output") -> bytes:
+def showcase(predictor, samples: Iterable[Sample], count: int, label: str = "output") -> bytes:
     """PNG: the first ``count`` test images (by a hash of their path) as composite | mask | output | real,
     each at its native size through the predictor."""
     from components.showcase import Row, showcase_png
 
     chosen = heapq.nsmallest(count, samples, key=lambda s: hashlib.sha256(s.path.encode()).hexdigest())
-    rows = [Row(s.path, *load_sample(s, s3)) for s in chosen]
+    rows = [Row(s.path, *load_sample(s)) for s in chosen]
     return showcase_png(rows, {label: predictor})
 
 

@@ -14,10 +14,11 @@ from pathlib import Path
 import mlflow
 from PIL import Image
 
-from components import evaluation, headline, metrics, storage, tracking
+from components import evaluation, headline, metrics, tracking
 from components.cli import UserError
 from components.data.images import InputError
 from components.predictor import Predictor
+from components.storage import Store
 
 log = logging.getLogger("evaluate")
 
@@ -57,12 +58,12 @@ def dataset_card_hash(params) -> str | None:
 def run(params) -> dict:
     """Evaluate ``evaluate.model`` as ``params`` say (MLflow already configured); returns the summary."""
     cfg = params.evaluate
-    s3 = storage.S3Options.from_config(params.storage)
+    store = Store.from_config(params.storage)  # the dataset, an s3:// test folder or model, the stage files
 
     from components.checkpoint import CheckpointError, load_generator
 
     try:
-        model, info = load_generator(cfg.model)
+        model, info = load_generator(cfg.model, store=store)
     except CheckpointError as exc:
         raise UserError(f"{exc}{tracking.store_note(cfg.model)}") from None
     size = int(cfg.image_size or info["image_size"])
@@ -74,11 +75,11 @@ def run(params) -> dict:
     dataset_hash = None
     try:
         if cfg.data:
-            samples = evaluation.iharmony4_samples(cfg.data, cfg.split, s3)
+            samples = evaluation.iharmony4_samples(store, cfg.data, cfg.split)
             data_name = cfg.data.rstrip("/").rsplit("/", 1)[-1]
         else:
             dataset = params.train.dataset or params.prepare.name
-            samples = evaluation.shard_samples(params.storage.root, dataset, cfg.split, s3)
+            samples = evaluation.shard_samples(store, dataset, cfg.split)
             data_name, dataset_hash = dataset, dataset_card_hash(params)
     except InputError as exc:
         raise UserError(str(exc)) from None
@@ -89,7 +90,7 @@ def run(params) -> dict:
     )  # fmt: skip
 
     try:
-        rows = evaluation.evaluate(predictor, samples, s3)
+        rows = evaluation.evaluate(predictor, samples)
     except InputError as exc:
         raise UserError(str(exc)) from None
     tables = evaluation.summaries(rows)
@@ -118,7 +119,7 @@ def run(params) -> dict:
         md += evaluation.summary_markdown(tables, model_label(spec), methods, size)
         mlflow.log_text(csv_bytes.decode(), "eval_per_image.csv")
         mlflow.log_text(md, "eval_summary.md")
-        showcase = evaluation.showcase(predictor, samples, cfg.showcase_count, s3, model_label(spec))
+        showcase = evaluation.showcase(predictor, samples, cfg.showcase_count, model_label(spec))
         mlflow.log_image(Image.open(io.BytesIO(showcase)), "eval_showcase.png")
         eval_run = run.info.run_id
 
@@ -145,8 +146,8 @@ def run(params) -> dict:
         (cfg.summary_md, md.encode()),
         (cfg.showcase_out, showcase),
     ):
-        storage.write_bytes_atomic(path, data)
-    headline.write(headline.path_for(cfg.summary_out), headline.evaluate(summary))
+        store.write_bytes(path, data)
+    headline.write(headline.path_for(cfg.summary_out), headline.evaluate(summary), store)
     return summary
 
 

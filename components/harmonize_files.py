@@ -18,20 +18,22 @@ from components.config import HarmonizeConfig
 from components.data.iharmony4 import IMAGE_EXTS, mask_and_real_names
 from components.data.images import InputError, encode_image
 from components.predictor import Predictor
+from components.storage import Store
 
 log = logging.getLogger("harmonize")
 
 
-def find_pairs(folder: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+def find_pairs(folder: str, store: Store | None = None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(composite, mask) pairs in a folder, and (composite, reason) for composites without a mask."""
     folder = str(folder).rstrip("/")
+    store = store or Store()
 
     def images(d: str) -> list[str]:
-        return [f for f in storage.list_files(d) if f.lower().endswith(IMAGE_EXTS)]
+        return [f for f in store.list_files(d) if f.lower().endswith(IMAGE_EXTS)]
 
     pairs, missing = [], []
-    if storage.exists(storage.join(folder, "composite_images")):  # iHarmony4 subset
-        masks = set(storage.list_files(storage.join(folder, "masks")))
+    if store.exists(storage.join(folder, "composite_images")):  # iHarmony4 subset
+        masks = set(store.list_files(storage.join(folder, "masks")))
         for comp in images(storage.join(folder, "composite_images")):
             try:
                 mask = storage.join(folder, "masks", mask_and_real_names(posixpath.basename(comp))[0])
@@ -41,7 +43,7 @@ def find_pairs(folder: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]
             (pairs.append((comp, mask)) if mask in masks else missing.append((comp, f"no mask {mask}")))
         return pairs, missing
     for sub in ("images", "composites"):
-        if storage.exists(storage.join(folder, sub)) and storage.exists(storage.join(folder, "masks")):
+        if store.exists(storage.join(folder, sub)) and store.exists(storage.join(folder, "masks")):
             masks = {_stem(m): m for m in images(storage.join(folder, "masks"))}
             for comp in images(storage.join(folder, sub)):
                 m = masks.get(_stem(comp))
@@ -90,7 +92,9 @@ def _stem(path: str) -> str:
 def harmonize_pair(
     comp: str, mask: str, output: str, cfg: HarmonizeConfig, tracking_uri: str | None = None
 ) -> int:
-    """One pair into the image file ``output``; ``UserError`` (and nothing written) on bad input."""
+    """One pair into the image file ``output``; ``UserError`` (and nothing written) on bad input.
+    Local paths, and ``s3://`` through the AWS environment (``Store()``)."""
+    store = Store()
     for p in (comp, mask):
         if not storage.is_s3(p) and not Path(p).is_file():
             raise UserError(f"{p}: file not found")
@@ -101,11 +105,11 @@ def harmonize_pair(
     warn_if_lossy(output)
     harmonizer = load(cfg, tracking_uri)
     try:
-        out = harmonizer.harmonize_files(comp, mask)
+        out = harmonizer.harmonize_files(comp, mask, store)
         data = encode_image(out, output)
     except InputError as exc:
         raise UserError(str(exc)) from None
-    storage.write_bytes_atomic(output, data)
+    store.write_bytes(output, data)
     log.info("wrote %s (%dx%d)", output, out.shape[1], out.shape[0])
     return 0
 
@@ -113,6 +117,7 @@ def harmonize_pair(
 def harmonize_folder(folder: str, output: str, cfg: HarmonizeConfig, tracking_uri: str | None = None) -> int:
     """Every pair in ``folder`` into the folder ``output``; 1 when some pairs were skipped (each is
     reported on stderr with its reason), 0 when all were written."""
+    store = Store()
     if not storage.is_s3(folder) and not Path(folder).is_dir():
         raise UserError(f"{folder}: not a folder (give COMPOSITE MASK for a single image)")
     if not storage.is_s3(output):
@@ -121,7 +126,7 @@ def harmonize_folder(folder: str, output: str, cfg: HarmonizeConfig, tracking_ur
             raise UserError(f"-o {output}: is a file; batch mode writes into a folder")
         if out_dir.resolve() == Path(folder).resolve():
             raise UserError(f"-o {output}: is the input folder; the outputs would overwrite composites")
-    pairs, skipped = find_pairs(folder)
+    pairs, skipped = find_pairs(folder, store)
     if not pairs:
         raise UserError(
             f"{folder}: no (composite, mask) pairs found; {len(skipped)} composite(s) without a mask"
@@ -135,7 +140,7 @@ def harmonize_folder(folder: str, output: str, cfg: HarmonizeConfig, tracking_ur
     for comp, mask in tqdm(pairs, desc="harmonize", unit="img"):
         target = storage.join(output, _stem(comp) + ".png")
         try:
-            storage.write_bytes_atomic(target, encode_image(harmonizer.harmonize_files(comp, mask), target))
+            store.write_bytes(target, encode_image(harmonizer.harmonize_files(comp, mask, store), target))
             written += 1
         except InputError as exc:
             skipped.append((comp, str(exc)))

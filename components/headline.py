@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from components import storage
+from components.storage import Store
 
 
 def _r(value: Any) -> float:
@@ -47,9 +47,9 @@ def evaluate(summary: dict) -> dict[str, Any]:
     }
 
 
-def write(path: str, numbers: dict[str, Any]) -> None:
-    """Write a headline JSON atomically (DVC reads it as a metrics file)."""
-    storage.write_bytes_atomic(path, (json.dumps(numbers, indent=2) + "\n").encode())
+def write(path: str, numbers: dict[str, Any], store: Store | None = None) -> None:
+    """Write a headline JSON atomically through the stage's store (DVC reads it as a metrics file)."""
+    (store or Store()).write_bytes(path, (json.dumps(numbers, indent=2) + "\n").encode())
 
 
 def path_for(full: str) -> str:

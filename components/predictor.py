@@ -20,12 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from components.data import images
 from components.data.images import InputError
+
+if TYPE_CHECKING:
+    from components.storage import Store
 
 MAPPINGS = ("poly2", "poly3", "affine", "upsample")
 _CHUNK = 1 << 20  # pixels per chunk when applying a mapping or transform (bounds memory at 4K and beyond)
@@ -329,10 +333,11 @@ class Predictor:
             raise InputError(f"{len(composites)} composites but {len(masks)} masks")
         return [self(c, m, name=f"image {i}") for i, (c, m) in enumerate(zip(composites, masks, strict=True))]
 
-    def harmonize_files(self, composite_uri: str, mask_uri: str, s3=None) -> np.ndarray:
-        """Read a (composite, mask) pair and harmonize it; errors name the offending file."""
-        comp = images.read_image(composite_uri, self.max_pixels, s3)
-        mask = images.read_mask(mask_uri, self.max_pixels, s3, soft=True)
+    def harmonize_files(self, composite_uri: str, mask_uri: str, store: Store | None = None) -> np.ndarray:
+        """Read a (composite, mask) pair (through ``store``, a ``components.storage.Store``) and harmonize
+        it; errors name the offending file."""
+        comp = images.read_image(composite_uri, self.max_pixels, store)
+        mask = images.read_mask(mask_uri, self.max_pixels, store, soft=True)
         if mask.shape != comp.shape[:2]:
             raise InputError(
                 f"{mask_uri}: mask is {mask.shape[1]}x{mask.shape[0]} but the composite {composite_uri} "

@@ -12,9 +12,10 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 
-from components import promotion, storage
+from components import promotion
 from components import registry_mlflow as reg
 from components.cli import UserError
+from components.storage import Store
 
 log = logging.getLogger("register")
 
@@ -28,7 +29,7 @@ def _read_json(path: str, what: str) -> dict:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
 
 
-def champion_value_on(evaluation: dict, champion, metric: str, params) -> float | None:
+def champion_value_on(evaluation: dict, champion, metric: str, params, store: Store) -> float | None:
     """The champion's overall metric on this evaluation's test set: from its tags, or re-evaluated."""
     if champion.tags.get("test_set") == evaluation["test_set"]:
         return reg.metric_from_tags(champion.tags, metric)
@@ -37,17 +38,16 @@ def champion_value_on(evaluation: dict, champion, metric: str, params) -> float 
     from components.predictor import Predictor
 
     log.info("champion v%s was scored on another test set; re-evaluating it on this one", champion.version)
-    s3 = storage.S3Options.from_config(params.storage)
     data = evaluation["data"]
     if data.startswith("shards:"):
-        samples = ev.shard_samples(params.storage.root, data[len("shards:") :], params.evaluate.split, s3)
+        samples = ev.shard_samples(store, data[len("shards:") :], params.evaluate.split)
     else:
-        samples = ev.iharmony4_samples(data, params.evaluate.split, s3)
+        samples = ev.iharmony4_samples(store, data, params.evaluate.split)
     model, info = load_generator(f"models:/{champion.name}/{champion.version}")
     predictor = Predictor(  # the champion at its own training size, scored at native resolution
         model, int(info["image_size"]), mapping=params.harmonize.mapping, device=params.evaluate.device
     )
-    rows = ev.evaluate(predictor, samples, s3)
+    rows = ev.evaluate(predictor, samples)
     return ev.summaries(rows)["harmonized"]["overall"][metric]
 
 
@@ -55,6 +55,7 @@ def run(params) -> dict:
     """Register and maybe promote the model ``register.eval_in`` names (MLflow configured); returns
     the result written to ``register.out``."""
     cfg = params.register
+    store = Store.from_config(params.storage)
     try:
         promotion.check(cfg.metric, cfg.mode)
     except ValueError as exc:
@@ -91,7 +92,7 @@ def run(params) -> dict:
         evaluation["composite"]["overall"][cfg.metric],
         version.version,
         champion.version if champion else None,
-        lambda: champion_value_on(evaluation, champion, cfg.metric, params),
+        lambda: champion_value_on(evaluation, champion, cfg.metric, params, store),
         cfg.metric,
         cfg.mode,
         cfg.beat_composite,
@@ -131,7 +132,7 @@ def run(params) -> dict:
         "test_set": evaluation["test_set"],
     }
     for path, text in ((cfg.card_out, card), (cfg.out, json.dumps(result, indent=2) + "\n")):
-        storage.write_bytes_atomic(path, text.encode())
+        store.write_bytes(path, text.encode())
     if evaluation.get("eval_run_id"):
         client.log_text(evaluation["eval_run_id"], card, "model_card.md")
     showcase = Path(params.evaluate.showcase_out)

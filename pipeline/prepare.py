@@ -29,14 +29,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = params_from_args(args)
     cfg = params.prepare
-    from components import headline, storage  # pyarrow, numpy, PIL: after --help
+    from components import headline  # pyarrow, numpy, PIL: after --help
     from components.data.build import prepare_dataset
+    from components.storage import Store
 
-    result = prepare_dataset(cfg, params.storage, progress=not args.no_progress)
-    storage.write_bytes_atomic(cfg.card, _json(result.card))
-    headline.write(headline.path_for(cfg.card), headline.prepare(result.card))
-    storage.write_bytes_atomic(cfg.samples_png, result.grid_png)
-    storage.write_bytes_atomic(cfg.manifest, _json(result.manifest))
+    store = Store.from_config(params.storage)
+    result = prepare_dataset(cfg, store, progress=not args.no_progress)
+    store.write_bytes(cfg.card, _json(result.card))
+    headline.write(headline.path_for(cfg.card), headline.prepare(result.card), store)
+    store.write_bytes(cfg.samples_png, result.grid_png)
+    store.write_bytes(cfg.manifest, _json(result.manifest))
     counts = ", ".join(f"{k} {v}" for k, v in result.card["counts"].items())
     skipped = sum(result.card["skipped"].values())
     print(

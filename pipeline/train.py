@@ -26,11 +26,9 @@ log = logging.getLogger("train")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = base_parser(__doc__, "python -m pipeline.train", PARAMS)
     params = params_from_args(parser.parse_args(argv))
-    from components import headline
     from components.training.launch import run
 
-    out = run(params)
-    headline.write(headline.path_for(params.train.metrics_out), headline.train(out))
+    out = run(params)  # also writes the stage files, metrics/headline/train.json among them
     print(
         f"trained {out['train_key']} to epoch {out['epochs_done']}: val fMSE {out['val_fmse']:.2f} "
         f"(composite {out['composite']['val_fmse']:.2f}), PSNR {out['val_psnr']:.2f} dB "

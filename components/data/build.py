@@ -22,9 +22,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm import tqdm
 
-from components import storage
 from components.cli import UserError
-from components.config import PrepareConfig, StorageConfig
+from components.config import PrepareConfig
 from components.data import images, masks, shards, synthesis
 from components.data.card import CardBuilder
 from components.data.dataset import DatasetWriter
@@ -43,7 +42,7 @@ from components.data.sources import (
     list_photos_masks,
     rng_for,
 )
-from components.storage import S3Options
+from components.storage import Store
 
 log = logging.getLogger("prepare")
 N_REFERENCES = 8  # candidate reference objects sent with each composite task
@@ -195,7 +194,7 @@ def _mapper(processes: int) -> Iterator[Callable]:
         yield lambda f, it: pool.imap(f, it, chunksize=4)
 
 
-def _with_bytes(tasks: Iterable[tuple], s3: S3Options | None) -> Iterator[tuple]:
+def _with_bytes(tasks: Iterable[tuple], store: Store) -> Iterator[tuple]:
     """Fill each task's files just before it is handed out (I/O stays in the main process).
 
     Tasks that read files are ``(tag, entry, blobs, opt)`` with ``blobs`` an empty dict to fill.
@@ -205,13 +204,13 @@ def _with_bytes(tasks: Iterable[tuple], s3: S3Options | None) -> Iterator[tuple]
             for role in ("photo", "mask", "composite", "real"):
                 if role in task[1].payload:
                     try:
-                        task[2][role] = storage.read_bytes(task[1].payload[role], s3)
+                        task[2][role] = store.read_bytes(task[1].payload[role])
                     except OSError:
                         task[2][role] = b""  # decoded later as "unreadable", with the file named
         yield task
 
 
-def _list_sources(cfg: PrepareConfig, s3: S3Options | None) -> list[SourceListing]:
+def _list_sources(cfg: PrepareConfig, store: Store) -> list[SourceListing]:
     out = []
     for i, src in enumerate(cfg.sources):
         subset = src.subset or src.kind
@@ -222,9 +221,9 @@ def _list_sources(cfg: PrepareConfig, s3: S3Options | None) -> list[SourceListin
                 if not src.path:
                     raise UserError(f"prepare.sources[{i}] ({src.kind}): 'path' is required")
                 if src.kind == "photos_masks":
-                    listing = list_photos_masks(src.path, subset, src.limit, s3)
+                    listing = list_photos_masks(store, src.path, subset, src.limit)
                 else:
-                    listing = list_iharmony4(src.path, src.subset, src.limit, s3)
+                    listing = list_iharmony4(store, src.path, src.subset, src.limit)
             else:
                 raise UserError(
                     f"prepare.sources[{i}]: unknown kind {src.kind!r}; use builtin, photos_masks or iharmony4"
@@ -279,13 +278,12 @@ def _references(pool: list[synthesis.ObjectStats], scene: str, rng) -> list[synt
     return [pool[others[int(i)]] for i in pick]
 
 
-def prepare_dataset(cfg: PrepareConfig, storage_cfg: StorageConfig, progress: bool = True) -> PrepareResult:
-    """Write a new version of ``<storage.root>/datasets/<name>/`` and publish it (its manifest is
-    written last, in one step: an interrupted run leaves the previous dataset whole); return the card,
-    the manifest and the sample grid."""
+def prepare_dataset(cfg: PrepareConfig, store: Store, progress: bool = True) -> PrepareResult:
+    """Write a new version of ``<store root>/datasets/<name>/`` and publish it (its manifest is written
+    last, in one step: an interrupted run leaves the previous dataset whole); return the card, the
+    manifest and the sample grid. Sources are read through the same store."""
     _check_config(cfg)
-    s3 = S3Options.from_config(storage_cfg)
-    listings = _list_sources(cfg, s3)
+    listings = _list_sources(cfg, store)
     entries = [e for lst in listings for e in lst.entries]
     dupes = [k for k, n in Counter(e.key for e in entries).items() if n > 1]
     if dupes:
@@ -322,12 +320,12 @@ def prepare_dataset(cfg: PrepareConfig, storage_cfg: StorageConfig, progress: bo
     }
     base_entries = [e for e in entries if e.kind != "iharmony4"]
     writer = DatasetWriter(
-        storage_cfg.root, cfg.name, cfg.rows_per_shard, cfg.rows_per_row_group, int(cfg.shard_max_mb * 2**20), s3
+        store, cfg.name, cfg.rows_per_shard, cfg.rows_per_row_group, int(cfg.shard_max_mb * 2**20)
     )
     card, grid_rows = CardBuilder(), []
     with _mapper(cfg.processes) as imap:
         bases: list[Base] = []
-        tasks = _with_bytes((("base", e, {}, opt) for e in base_entries), s3)
+        tasks = _with_bytes((("base", e, {}, opt) for e in base_entries), store)
         for outcome in tqdm(
             imap(_load_base, tasks), total=len(base_entries), desc="masks", disable=not progress
         ):
@@ -357,7 +355,7 @@ def prepare_dataset(cfg: PrepareConfig, storage_cfg: StorageConfig, progress: bo
                     else:
                         yield ("ih", item[1], {}, opt)
 
-            results = imap(_make_row, _with_bytes(tasks_for(), s3))
+            results = imap(_make_row, _with_bytes(tasks_for(), store))
             for outcome in tqdm(results, total=len(work), desc=f"composites {split}", disable=not progress):
                 record(outcome)
                 if outcome.value is not None:

@@ -23,13 +23,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from components import storage
 from components.cli import UserError
 from components.data.shards import SHARD_RE, ShardInfo, ShardWriter, dataset_dir
-from components.storage import S3Options
+from components.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,6 @@ FORMAT = "harmonize-manifest/2"
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
 VERSION_PREFIX = "v-"
-HASH_CHUNK = 8 << 20
 _VERIFIED: set[tuple[str, str]] = set()  # (manifest sha256, shard file) hashed in this process already
 
 
@@ -55,28 +53,27 @@ def manifest_uri(root: str, name: str) -> str:
 
 
 class DatasetWriter:
-    """Writes one new version of a dataset (shards of every split) and publishes it.
+    """Writes one new version of a dataset (shards of every split) into a store and publishes it.
 
-    Rows go to ``<root>/datasets/<name>/v-<id>/<split>-NNNNN.parquet``; nothing is visible to
+    Rows go to ``<store root>/datasets/<name>/v-<id>/<split>-NNNNN.parquet``; nothing is visible to
     readers until :meth:`publish` writes the manifest.
     """
 
     def __init__(
         self,
-        root: str,
+        store: Store,
         name: str,
         rows_per_shard: int = 4096,
         rows_per_row_group: int = 64,
         max_bytes: int = 256 << 20,
-        s3: S3Options | None = None,
     ):
-        self.root, self.name, self.s3 = root, name, s3
-        self.dir = dataset_dir(root, name)
+        self.store, self.root, self.name = store, store.root, name
+        self.dir = dataset_dir(store.root, name)
         self.started = time.time()
         self.version = f"{VERSION_PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
         folder = storage.join(self.dir, self.version)
         self.writers = {
-            split: ShardWriter(folder, split, rows_per_shard, rows_per_row_group, max_bytes, s3)
+            split: ShardWriter(store, folder, split, rows_per_shard, rows_per_row_group, max_bytes)
             for split in SPLITS
         }
 
@@ -103,25 +100,28 @@ class DatasetWriter:
             "counts": {s: sum(i.rows for i in written if i.split == s) for s in SPLITS},
             "shards": {s: [_entry(self.dir, i) for i in written if i.split == s] for s in SPLITS},
         }
-        storage.write_bytes_atomic(manifest_uri(self.root, self.name), _json(manifest), self.s3)
+        self.store.write_bytes(manifest_uri(self.root, self.name), _json(manifest))
         self.cleanup()
         return manifest
 
     def cleanup(self) -> list[str]:
         """After publishing: remove every other version folder, shards of the old flat layout and
         unfinished multipart uploads begun before this writer started."""
-        fs, base = storage.filesystem(self.dir, self.s3)
-        removed = []
-        for d in storage.list_dirs(self.dir, self.s3):
-            if d.startswith(VERSION_PREFIX) and d != self.version:
-                fs.delete_dir(f"{base}/{d}")
-                removed.append(storage.join(self.dir, d))
-        for uri in storage.list_files(self.dir, s3=self.s3):  # old flat layout, temp files of killed runs
-            if SHARD_RE.match(posixpath.basename(uri)) or ".tmp-" in posixpath.basename(uri):
-                fs.delete_file(storage.filesystem(uri, self.s3)[1])
-                removed.append(uri)
+        store = self.store
+        removed = [
+            storage.join(self.dir, d)
+            for d in store.list_dirs(self.dir)
+            if d.startswith(VERSION_PREFIX) and d != self.version
+        ]
+        removed += [  # old flat layout, temp files of killed runs
+            uri
+            for uri in store.list_files(self.dir)
+            if SHARD_RE.match(posixpath.basename(uri)) or ".tmp-" in posixpath.basename(uri)
+        ]
+        for uri in removed:
+            store.delete(uri)
         if storage.is_s3(self.dir):
-            removed += storage.abort_multipart_uploads(self.dir + "/", self.s3, before=self.started)
+            removed += store.abort_multipart_uploads(self.dir + "/", before=self.started)
         for uri in removed:
             log.info("removed %s (not in the published manifest)", uri)
         return removed
@@ -157,7 +157,7 @@ class Dataset:
     name: str
     dir: str
     manifest: dict
-    s3: S3Options | None = None
+    store: Store = field(default_factory=Store)
     shards: dict[str, list[Shard]] = field(default_factory=dict)
 
     @property
@@ -183,14 +183,13 @@ class Dataset:
         key = hashlib.sha256(_json(self.manifest)).hexdigest()
         for shards in self.shards.values():
             for s in shards:
-                _check_shard(s, self.s3, key if full else None)
+                _check_shard(self.store, s, key if full else None)
 
     def iter_rows(self, split: str, columns: list[str]) -> Iterator[dict]:
         """Rows of a split as dicts, read one row group at a time (memory stays flat)."""
         for s in self.shards.get(split, []):
-            fs, path = storage.filesystem(s.uri, self.s3)
             try:
-                with fs.open_input_file(path) as f:
+                with self.store.open(s.uri) as f:
                     pf = pq.ParquetFile(f)
                     names = set(pf.schema_arrow.names)
                     cols = [c for c in columns if c in names]
@@ -200,15 +199,14 @@ class Dataset:
                 raise DatasetError(f"{s.uri}: cannot read shard of dataset {self.name} ({exc})") from None
 
 
-def _check_shard(s: Shard, s3: S3Options | None, hash_key: str | None) -> None:
-    fs, path = storage.filesystem(s.uri, s3)
-    info = fs.get_file_info(path)
-    if info.type != pafs.FileType.File:
+def _check_shard(store: Store, s: Shard, hash_key: str | None) -> None:
+    size = store.size(s.uri)
+    if size is None:
         raise DatasetError(f"{s.uri}: shard listed in the manifest is missing; run prepare again")
-    if info.size != s.bytes:
-        raise DatasetError(f"{s.uri}: shard is {info.size} bytes, the manifest says {s.bytes}; run prepare again")
+    if size != s.bytes:
+        raise DatasetError(f"{s.uri}: shard is {size} bytes, the manifest says {s.bytes}; run prepare again")
     try:
-        with fs.open_input_file(path) as f:
+        with store.open(s.uri) as f:
             rows = pq.ParquetFile(f).metadata.num_rows
     except (OSError, ValueError) as exc:  # pyarrow: ArrowInvalid (a ValueError) for a broken footer
         raise DatasetError(f"{s.uri}: shard is not a readable Parquet file ({exc})") from None
@@ -216,24 +214,20 @@ def _check_shard(s: Shard, s3: S3Options | None, hash_key: str | None) -> None:
         raise DatasetError(f"{s.uri}: shard has {rows} rows, the manifest says {s.rows}")
     if hash_key is None or (hash_key, s.uri) in _VERIFIED:
         return
-    h = hashlib.sha256()
-    with fs.open_input_stream(path) as f:
-        while chunk := f.read(HASH_CHUNK):
-            h.update(chunk)
-    if h.hexdigest() != s.sha256:
+    if store.sha256(s.uri) != s.sha256:
         raise DatasetError(f"{s.uri}: shard content does not match the manifest's sha256; run prepare again")
     _VERIFIED.add((hash_key, s.uri))
 
 
-def open_dataset(root: str, name: str, s3: S3Options | None = None, verify: bool = True) -> Dataset:
-    """The published dataset ``<root>/datasets/<name>``, checked against its manifest.
+def open_dataset(store: Store, name: str, verify: bool = True) -> Dataset:
+    """The published dataset ``<store root>/datasets/<name>``, checked against its manifest.
 
     ``verify``: hash every shard (once per process); otherwise only sizes are checked.
     """
-    where = dataset_dir(root, name)
-    uri = manifest_uri(root, name)
+    where = dataset_dir(store.root, name)
+    uri = manifest_uri(store.root, name)
     try:
-        manifest = json.loads(storage.read_bytes(uri, s3))
+        manifest = json.loads(store.read_bytes(uri))
     except FileNotFoundError:
         raise DatasetError(
             f"{where}: no published dataset ({MANIFEST} missing); run `python -m pipeline.prepare` first, "
@@ -252,7 +246,7 @@ def open_dataset(root: str, name: str, s3: S3Options | None = None, verify: bool
         ]
         for split in SPLITS
     }
-    ds = Dataset(name, where, manifest, s3, shards)
+    ds = Dataset(name, where, manifest, store, shards)
     ds.verify(full=verify)
     return ds
 

@@ -13,6 +13,7 @@ import posixpath
 
 from components import storage
 from components.data.images import InputError
+from components.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -35,45 +36,45 @@ def mask_and_real_names(composite_name: str) -> tuple[str, str]:
     return f"{mask_id}.png", f"{real_id}.jpg"
 
 
-def is_subset(folder: str, s3=None) -> bool:
-    return COMPOSITES in storage.list_dirs(folder, s3)
+def is_subset(store: Store, folder: str) -> bool:
+    return COMPOSITES in store.list_dirs(folder)
 
 
-def subsets(path: str, s3=None) -> list[tuple[str, str]]:
+def subsets(store: Store, path: str) -> list[tuple[str, str]]:
     """``(subset name, folder)`` of an iHarmony4-layout folder: the folder itself when it holds
     ``composite_images/``, else each of its subfolders that does."""
-    if is_subset(path, s3):
+    if is_subset(store, path):
         return [(posixpath.basename(str(path).rstrip("/")), path)]
     return [
         (name, storage.join(path, name))
-        for name in storage.list_dirs(path, s3)
-        if is_subset(storage.join(path, name), s3)
+        for name in store.list_dirs(path)
+        if is_subset(store, storage.join(path, name))
     ]
 
 
-def split_list_uri(folder: str, subset: str, split: str, root: str | None = None, s3=None) -> str | None:
+def split_list_uri(store: Store, folder: str, subset: str, split: str, root: str | None = None) -> str | None:
     """Where ``<subset>_<split>.txt`` is: in the subset folder, else in the root; None when absent."""
     for base in (folder, root):
         if base is not None:
             uri = storage.join(base, f"{subset}_{split}.txt")
-            if storage.exists(uri, s3):
+            if store.exists(uri):
                 return uri
     return None
 
 
-def read_split_list(uri: str, s3=None) -> list[str]:
+def read_split_list(store: Store, uri: str) -> list[str]:
     """Composite file names of a split list, in file order (prefixes dropped, blank lines skipped)."""
-    text = storage.read_bytes(uri, s3).decode("utf-8", "replace")
+    text = store.read_bytes(uri).decode("utf-8", "replace")
     return [ln.strip().rsplit("/", 1)[-1] for ln in text.splitlines() if ln.strip()]
 
 
-def composite_names(folder: str, subset: str, split: str, root: str | None = None, s3=None) -> list[str]:
+def composite_names(store: Store, folder: str, subset: str, split: str, root: str | None = None) -> list[str]:
     """The split's composite file names; every composite (with a warning) when there is no list."""
-    uri = split_list_uri(folder, subset, split, root, s3)
+    uri = split_list_uri(store, folder, subset, split, root)
     if uri is not None:
-        return read_split_list(uri, s3)
+        return read_split_list(store, uri)
     log.warning("%s: no %s_%s.txt; using every composite in the folder", folder, subset, split)
-    files = storage.list_files(storage.join(folder, COMPOSITES), s3=s3)
+    files = store.list_files(storage.join(folder, COMPOSITES))
     return [posixpath.basename(f) for f in files if f.lower().endswith(IMAGE_EXTS)]
 
 

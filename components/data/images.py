@@ -10,9 +10,13 @@ the dataset card counts and a message that names the file.
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageFile
+
+if TYPE_CHECKING:
+    from components.storage import Store
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
 
@@ -131,22 +135,23 @@ def _check_coverage(mask: np.ndarray, name: str) -> np.ndarray:
     return mask
 
 
-def read_image(uri: str, max_pixels: int | None = None, s3=None) -> np.ndarray:
+def read_image(uri: str, max_pixels: int | None = None, store: Store | None = None) -> np.ndarray:
     """A local path or ``s3://`` URI -> uint8 (H, W, 3); any failure is an ``InputError`` naming the file."""
-    return decode_image(read_file_bytes(uri, s3), uri, max_pixels=max_pixels)
+    return decode_image(read_file_bytes(uri, store), uri, max_pixels=max_pixels)
 
 
-def read_mask(uri: str, max_pixels: int | None = None, s3=None, soft: bool = True) -> np.ndarray:
+def read_mask(uri: str, max_pixels: int | None = None, store: Store | None = None, soft: bool = True) -> np.ndarray:
     """A mask file -> uint8 alpha (H, W) 0..255 (``soft``) or bool; errors name the file."""
-    return decode_mask(read_file_bytes(uri, s3), uri, max_pixels=max_pixels, soft=soft)
+    return decode_mask(read_file_bytes(uri, store), uri, max_pixels=max_pixels, soft=soft)
 
 
-def read_file_bytes(uri: str, s3=None) -> bytes:
-    """A local path or ``s3://`` URI's bytes; a failure is an ``InputError`` naming the file."""
-    from components import storage
+def read_file_bytes(uri: str, store: Store | None = None) -> bytes:
+    """A local path or ``s3://`` URI's bytes through a ``components.storage.Store`` (default ``Store()``);
+    a failure is an ``InputError`` naming the file."""
+    from components.storage import Store
 
     try:
-        return storage.read_bytes(uri, s3)
+        return (store or Store()).read_bytes(uri)
     except OSError as exc:
         raise InputError(f"{uri}: cannot read file ({exc})") from None
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import posixpath
 import re
 from dataclasses import dataclass
 
@@ -25,7 +24,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from components import storage
-from components.storage import S3Options
+from components.storage import Store
 
 SCHEMA = pa.schema(
     [
@@ -87,20 +86,21 @@ def table_bytes(rows: list[dict], rows_per_row_group: int) -> bytes:
 
 
 class ShardWriter:
-    """Buffers rows of one split and writes ``<folder>/<split>-NNNNN.parquet`` files (temp name + rename
-    locally; one upload on S3). ``components.data.dataset.DatasetWriter`` gives it a version folder."""
+    """Buffers rows of one split and writes ``<folder>/<split>-NNNNN.parquet`` files through the store
+    (temp name + rename locally; one upload on S3). ``components.data.dataset.DatasetWriter`` gives it a
+    version folder."""
 
     def __init__(
         self,
+        store: Store,
         folder: str,
         split: str,
         rows_per_shard: int,
         rows_per_row_group: int,
         max_bytes: int,
-        s3: S3Options | None = None,
     ):
-        self.folder = folder
-        self.split, self.s3 = split, s3
+        self.store, self.folder = store, folder
+        self.split = split
         self.rows_per_shard, self.rows_per_row_group, self.max_bytes = (
             rows_per_shard,
             rows_per_row_group,
@@ -121,7 +121,7 @@ class ShardWriter:
             return
         data = table_bytes(self.rows, self.rows_per_row_group)
         uri = storage.join(self.folder, shard_name(self.split, len(self.shards)))
-        storage.write_bytes_atomic(uri, data, self.s3)
+        self.store.write_bytes(uri, data)
         self.shards.append(
             ShardInfo(uri, self.split, len(self.rows), len(data), hashlib.sha256(data).hexdigest())
         )
@@ -137,11 +137,11 @@ class ShardWriter:
 # --------------------------------------------------------------------------------------------------
 
 
-def shard_uris(root: str, dataset: str, split: str, s3: S3Options | None = None) -> list[str]:
+def shard_uris(store: Store, dataset: str, split: str) -> list[str]:
     """The shard URIs of one split of the published dataset, in order, from its verified manifest."""
     from components.data.dataset import open_dataset
 
-    return open_dataset(root, dataset, s3).uris(split)
+    return open_dataset(store, dataset).uris(split)
 
 
 def _png(data: bytes) -> np.ndarray:
@@ -184,7 +184,7 @@ class ShardDataset(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         seed: int = 0,
-        s3: S3Options | None = None,
+        store: Store | None = None,
         shuffle: bool = True,
         even: bool = True,
     ):
@@ -194,7 +194,7 @@ class ShardDataset(IterableDataset):
         if not 0 <= rank < world_size:
             raise ValueError(f"ShardDataset: rank {rank} outside world_size {world_size}")
         self.uris, self.hflip, self.rank, self.world_size = list(uris), hflip, rank, world_size
-        self.seed, self.s3, self.shuffle, self.even = seed, s3, shuffle, even
+        self.seed, self.store, self.shuffle, self.even = seed, store or Store(), shuffle, even
         self.epoch = 0
         self._groups: list[tuple[int, int, int]] | None = None  # (file index, row group, rows)
 
@@ -202,8 +202,7 @@ class ShardDataset(IterableDataset):
         self.epoch = epoch
 
     def _open(self, i: int) -> pq.ParquetFile:
-        fs, path = storage.filesystem(self.uris[i], self.s3)
-        return pq.ParquetFile(fs.open_input_file(path))
+        return pq.ParquetFile(self.store.open(self.uris[i]))
 
     def groups(self) -> list[tuple[int, int, int]]:
         if self._groups is None:
@@ -279,7 +278,7 @@ def _decode_batch(batch: dict) -> dict:
     }
 
 
-def ray_dataset(uris: list[str], s3: S3Options | None = None, batch_size: int = 64, **read_kwargs):
+def ray_dataset(uris: list[str], store: Store | None = None, batch_size: int = 64, **read_kwargs):
     """A Ray Data dataset of decoded triplets (same arrays as :class:`ShardDataset`, batched as numpy).
 
     Use with Ray Train: pass it in ``datasets={"train": ...}`` and iterate
@@ -289,8 +288,8 @@ def ray_dataset(uris: list[str], s3: S3Options | None = None, batch_size: int = 
 
     if not uris:
         raise ValueError("ray_dataset: no shard URIs given")
-    fs, _ = storage.filesystem(uris[0], s3)
-    paths = [storage.filesystem(u, s3)[1] for u in uris]
-    ds = ray.data.read_parquet(paths, filesystem=fs, **read_kwargs)
+    store = store or Store()
+    fs, _ = store.filesystem(uris[0])
+    ds = ray.data.read_parquet([store.filesystem(u)[1] for u in uris], filesystem=fs, **read_kwargs)
     ds = ds.select_columns(["sample_id", "subset", "fg_ratio", *IMAGE_COLUMNS])
     return ds.map_batches(_decode_batch, batch_size=batch_size, batch_format="numpy")

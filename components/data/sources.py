@@ -9,7 +9,7 @@
 - ``iharmony4``: ``<subset>/{composite_images,masks,real_images}`` + ``<subset>_{train,test}.txt``,
   composite ``<id>_<m>_<k>`` -> mask ``<id>_<m>`` -> real ``<id>``; one real image = one scene.
 
-Every source may be a local folder or ``s3://``; files are listed and read through ``components.storage``.
+Every source may be a local folder or ``s3://``; files are listed and read through the stage's ``Store``.
 """
 
 from __future__ import annotations
@@ -23,12 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 import numpy as np
-import pyarrow.fs as pafs
 
 from components import storage
 from components.data import iharmony4
 from components.data.images import InputError
-from components.storage import S3Options
+from components.storage import Store
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val", "test")
@@ -193,11 +192,11 @@ def _stem(uri: str) -> str:
     return PurePosixPath(uri).stem
 
 
-def _images(folder: str, s3: S3Options | None) -> list[str]:
-    return [u for u in storage.list_files(folder, s3=s3) if u.lower().endswith(IMAGE_EXTS)]
+def _images(store: Store, folder: str) -> list[str]:
+    return [u for u in store.list_files(folder) if u.lower().endswith(IMAGE_EXTS)]
 
 
-def broken_links(folder: str, s3: S3Options | None) -> list[Skip]:
+def broken_links(folder: str) -> list[Skip]:
     """Symlinks in a local folder that lead nowhere (dangling) or in a circle (loop): the listing leaves
     them out silently, so they are reported here to be counted like any other skipped input."""
     if storage.is_s3(folder) or not os.path.isdir(folder):
@@ -215,9 +214,8 @@ def broken_links(folder: str, s3: S3Options | None) -> list[Skip]:
     return out
 
 
-def _require_dir(uri: str, s3: S3Options | None, what: str) -> None:
-    fs, path = storage.filesystem(uri, s3)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound and not storage.list_dirs(uri, s3):
+def _require_dir(store: Store, uri: str, what: str) -> None:
+    if not store.exists(uri) and not store.list_dirs(uri):
         raise FileNotFoundError(f"{what}: {uri} does not exist")
 
 
@@ -227,13 +225,13 @@ def _apply_limit(keys: list[str], limit: int | None) -> set[str]:
     return set(sorted(keys, key=lambda k: (stable_unit(k), k))[:limit])
 
 
-def list_photos_masks(path: str, subset: str, limit: int | None, s3: S3Options | None) -> SourceListing:
+def list_photos_masks(store: Store, path: str, subset: str, limit: int | None) -> SourceListing:
     photos_dir, masks_dir = storage.join(path, "photos"), storage.join(path, "masks")
-    _require_dir(photos_dir, s3, "photos_masks source")
-    photos = {_stem(u): u for u in _images(photos_dir, s3)}
-    masks = {_stem(u): u for u in _images(masks_dir, s3)}
+    _require_dir(store, photos_dir, "photos_masks source")
+    photos = {_stem(u): u for u in _images(store, photos_dir)}
+    masks = {_stem(u): u for u in _images(store, masks_dir)}
     out = SourceListing(description={"kind": "photos_masks", "path": path, "subset": subset})
-    out.skipped += broken_links(photos_dir, s3) + broken_links(masks_dir, s3)
+    out.skipped += broken_links(photos_dir) + broken_links(masks_dir)
     for pid in sorted(set(masks) - set(photos)):
         out.skipped.append(Skip("missing_photo", masks[pid], "mask without a photo"))
     keep = _apply_limit(sorted(photos), limit)
@@ -281,40 +279,38 @@ def add_extra_masks(listing: SourceListing, n: int) -> None:
     listing.entries = out
 
 
-def _read_list(uri: str, s3: S3Options | None) -> set[str]:
+def _read_list(store: Store, uri: str) -> set[str]:
     """Stems of a split list's composite names; empty when the list is absent."""
-    if not storage.exists(uri, s3):
+    if not store.exists(uri):
         return set()
-    return {PurePosixPath(name).stem for name in iharmony4.read_split_list(uri, s3)}
+    return {PurePosixPath(name).stem for name in iharmony4.read_split_list(store, uri)}
 
 
-def _read_methods(uri: str, s3: S3Options | None) -> dict[str, str]:
+def _read_methods(store: Store, uri: str) -> dict[str, str]:
     """Optional ``methods.tsv`` (``<real id>\t<method>``) naming how each composite was made."""
-    if not storage.exists(uri, s3):
+    if not store.exists(uri):
         return {}
-    lines = storage.read_bytes(uri, s3).decode("utf-8", "replace").splitlines()
+    lines = store.read_bytes(uri).decode("utf-8", "replace").splitlines()
     return dict(line.split("\t", 1) for line in lines if "\t" in line)
 
 
-def list_iharmony4(
-    path: str, subset_override: str | None, limit: int | None, s3: S3Options | None
-) -> SourceListing:
-    _require_dir(path, s3, "iharmony4 source")
-    subsets = iharmony4.subsets(path, s3)
+def list_iharmony4(store: Store, path: str, subset_override: str | None, limit: int | None) -> SourceListing:
+    _require_dir(store, path, "iharmony4 source")
+    subsets = iharmony4.subsets(store, path)
     if not subsets:
         raise FileNotFoundError(f"iharmony4 source: no <subset>/composite_images folder under {path}")
     out = SourceListing(description={"kind": "iharmony4", "path": path, "subsets": {}})
     candidates: list[Entry] = []
     for name, folder in subsets:
         subset = subset_override or name
-        comps = _images(storage.join(folder, iharmony4.COMPOSITES), s3)
+        comps = _images(store, storage.join(folder, iharmony4.COMPOSITES))
         for sub in (iharmony4.COMPOSITES, iharmony4.MASKS, iharmony4.REALS):
-            out.skipped += broken_links(storage.join(folder, sub), s3)
-        masks = {_stem(u): u for u in _images(storage.join(folder, iharmony4.MASKS), s3)}
-        reals = {_stem(u): u for u in _images(storage.join(folder, iharmony4.REALS), s3)}
-        train = _read_list(storage.join(folder, f"{name}_train.txt"), s3)
-        test = _read_list(storage.join(folder, f"{name}_test.txt"), s3)
-        methods = _read_methods(storage.join(folder, "methods.tsv"), s3)
+            out.skipped += broken_links(storage.join(folder, sub))
+        masks = {_stem(u): u for u in _images(store, storage.join(folder, iharmony4.MASKS))}
+        reals = {_stem(u): u for u in _images(store, storage.join(folder, iharmony4.REALS))}
+        train = _read_list(store, storage.join(folder, f"{name}_train.txt"))
+        test = _read_list(store, storage.join(folder, f"{name}_test.txt"))
+        methods = _read_methods(store, storage.join(folder, "methods.tsv"))
         out.description["subsets"][subset] = {"composites": len(comps), "lists": bool(train or test)}
         for uri in comps:
             stem = _stem(uri)

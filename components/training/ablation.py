@@ -37,11 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components import storage, tracking
+from components import tracking
 from components.cli import UserError
 from components.config import Params
 from components.models.rainnet import PLACEMENTS, num_blocks_for, resolve_placement, slot_map
 from components.models.registry import allowed_arguments, build_model
+from components.storage import Store
 from components.training import launch, remote
 from components.training.loop import FAULT_ENV
 from components.training.preflight import check_cluster_gpus, check_local_gpus
@@ -366,7 +367,7 @@ def result_row(v: Variant, status: str, history: list[dict], run_id: str = "", e
     return row
 
 
-def write_csv(path: str, rows: list[dict]) -> None:
+def write_csv(path: str, rows: list[dict], store: Store | None = None) -> None:
     import csv
 
     buf = io.StringIO()
@@ -374,7 +375,7 @@ def write_csv(path: str, rows: list[dict]) -> None:
     writer.writeheader()
     for r in rows:
         writer.writerow({k: r.get(k, "") for k in CSV_COLUMNS})
-    storage.write_bytes_atomic(path, buf.getvalue().encode())
+    (store or Store()).write_bytes(path, buf.getvalue().encode())
 
 
 def _fmt(x: Any, digits: int = 2) -> str:
@@ -549,7 +550,7 @@ def run(params: Params, command: str = "python -m pipeline.ablate") -> dict[str,
         check_local_gpus(probe.train, "ablate")
         init_ray(params, probe)
         check_cluster_gpus(probe.train, "ablate")
-    data_hash = launch.dataset_hash(params, inputs.s3)
+    store, data_hash = inputs.store, inputs.dataset.content_hash
     key = sweep_key(params, variants, data_hash)
     uri = tracking.configure()
     parent = find_or_create_parent(params, key, variants, data_hash)
@@ -567,7 +568,7 @@ def run(params: Params, command: str = "python -m pipeline.ablate") -> dict[str,
     errors: dict[str, str] = {}
     stopped: set[str] = set()
     if todo:
-        errors, stopped = _tune(params, probe, key, parent, uri, todo, per_variant, fail)
+        errors, stopped = _tune(params, probe, key, parent, uri, todo, per_variant, fail, store)
 
     # Results: every variant from its child run (curves per epoch), status from this run or before.
     client = MlflowClient()
@@ -609,13 +610,13 @@ def run(params: Params, command: str = "python -m pipeline.ablate") -> dict[str,
                       f"{a.asha_reduction_factor}); STOPPED variants were cut early") if a.asha
         else "none (every variant runs all epochs)",
     }  # fmt: skip
-    write_csv(a.csv_out, rows)
-    storage.write_bytes_atomic(a.md_out, markdown(rows, info, composite).encode())
+    write_csv(a.csv_out, rows, store)
+    store.write_bytes(a.md_out, markdown(rows, info, composite).encode())
     pngs = figures(variants, histories)
     paths = []
     for name, data in pngs.items():
         path = f"{a.figures_prefix}{name}.png"
-        storage.write_bytes_atomic(path, data)
+        store.write_bytes(path, data)
         paths.append(path)
     for path in (a.csv_out, a.md_out, *paths):
         if "://" not in path:
@@ -639,7 +640,7 @@ def _failed_child(client, params: Params, key: str, parent: str, v: Variant, err
 
 def _tune(
     params: Params, probe: Params, key: str, parent: str, uri: str, todo: list[Variant],
-    per_variant: dict[str, Params], fail: set[str],
+    per_variant: dict[str, Params], fail: set[str], store: Store,
 ) -> tuple[dict[str, str], set[str]]:  # fmt: skip
     """Run ``todo`` as Tune trials; returns (variant -> error line, variants stopped early)."""
     import ray.tune
@@ -671,8 +672,7 @@ def _tune(
             grace_period=a.asha_grace_period,
             reduction_factor=a.asha_reduction_factor,
         )
-    s3 = storage.S3Options.from_config(params.storage)
-    fs, path = storage.filesystem(storage.join(params.storage.root, "tune"), s3)
+    fs, path = store.filesystem(store.uri("tune"))
     tuner = tune.Tuner(
         trainable,
         param_space={"variant": tune.grid_search([v.id for v in todo])},

@@ -1,7 +1,7 @@
 """Ray-native training ingest (``train.reader: ray_data``): Ray Data reads and decodes, the worker batches.
 
 The driver builds one Ray Data dataset from the manifest's train shards (``ray.data.read_parquet`` with
-the storage root's pyarrow filesystem: S3 with its endpoint when ``storage.root`` is ``s3://``), decoded
+the store's pyarrow filesystem: S3 with its endpoint when ``storage.root`` is ``s3://``), decoded
 by the same ``decode_triplet`` as :class:`~components.data.shards.ShardDataset`, and hands it to the
 TorchTrainer as ``datasets={"train": ds}``. Ray Train splits it into equal parts per worker, so every
 rank sees ``rows // world_size`` rows an epoch, as with the shard reader. Each epoch the files are read
@@ -19,17 +19,17 @@ import numpy as np
 import torch
 
 from components.data import shards
-from components.storage import S3Options
+from components.storage import Store
 
 READERS = ("shards", "ray_data")  # train.reader: ShardDataset in the worker | Ray Data
 SHUFFLE_ROWS = 256  # rows in each worker's local shuffle buffer (decoded: ~100 kB each at 64x64)
 
 
-def train_dataset(uris: list[str], s3: S3Options | None, seed: int):
+def train_dataset(uris: list[str], store: Store, seed: int):
     """The Ray Data dataset of decoded training triplets, files in a new seeded order every epoch."""
     from ray.data import FileShuffleConfig
 
-    return shards.ray_dataset(uris, s3, shuffle=FileShuffleConfig(seed=seed))
+    return shards.ray_dataset(uris, store, shuffle=FileShuffleConfig(seed=seed))
 
 
 def epoch_seed(seed: int, rank: int, epoch: int) -> int:

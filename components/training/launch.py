@@ -30,19 +30,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from components import storage, tracking
+from components import headline, storage, tracking
 from components.checkpoint import MLFLOW_ARTIFACT, save_generator
 from components.cli import UserError
 from components.config import Params
-from components.data import shards
-from components.data.dataset import open_dataset
+from components.data.dataset import Dataset, open_dataset
 from components.models import losses
+from components.storage import Store
 from components.training import engine, ingest, remote
 from components.training.loop import FAULT_ENV, newest_state, train_loop_per_worker
 from components.training.mlflow_logging import find_or_create_run, training_dataset
-from components.training.preflight import check_bucket, check_cluster_gpus, check_local_gpus
+from components.training.preflight import check_cluster_gpus, check_local_gpus
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +78,8 @@ def dataset_name(params: Params) -> str:
     return params.train.dataset or params.prepare.name
 
 
-def find_shards(params: Params, s3) -> tuple[list[str], list[str]]:
+def find_shards(ds: Dataset) -> tuple[list[str], list[str]]:
     """Train and val shards of the published dataset, from its verified manifest (the dataset handle)."""
-    root, name = params.storage.root, dataset_name(params)
-    where = shards.dataset_dir(root, name)
-    ds = open_dataset(root, name, s3)
     # absolute local paths: Ray Train runs each worker in its own working folder, not this one
     train, val = (
         [u if storage.is_s3(u) else str(Path(u).absolute()) for u in ds.uris(s)] for s in ("train", "val")
@@ -92,33 +87,19 @@ def find_shards(params: Params, s3) -> tuple[list[str], list[str]]:
     missing = [s for s, u in (("train", train), ("val", val)) if not u]
     if missing:
         raise UserError(
-            f"{where}: no {' and no '.join(missing)} shards ({'/'.join(missing)}-NNNNN.parquet); run "
+            f"{ds.dir}: no {' and no '.join(missing)} shards ({'/'.join(missing)}-NNNNN.parquet); run "
             "`python -m pipeline.prepare` first, or point train.dataset / storage.root at prepared data"
         )
     return train, val
 
 
-def _parquet(uri: str, s3) -> pq.ParquetFile:
-    fs, path = storage.filesystem(uri, s3)
-    return pq.ParquetFile(fs.open_input_file(path))
-
-
-def count_rows(uris: list[str], s3) -> int:
-    return sum(_parquet(u, s3).metadata.num_rows for u in uris)
-
-
-def image_size_of(uri: str, s3) -> int:
-    """The (square) image size of a dataset, from the first row of a shard."""
-    f = _parquet(uri, s3)
-    row = f.read_row_group(0, columns=["height", "width"]).slice(0, 1).to_pylist()[0]
+def image_size_of(ds: Dataset) -> int:
+    """The (square) image size of a dataset, from the first row of its val split."""
+    row = next(ds.iter_rows("val", ["height", "width"]))
     if row["height"] != row["width"]:
+        uri = ds.uris("val")[0]
         raise UserError(f"{uri}: training expects square images, got {row['width']}x{row['height']}")
     return int(row["height"])
-
-
-def dataset_hash(params: Params, s3) -> str:
-    """``content_hash`` of the published dataset, from its manifest (the dataset handle)."""
-    return open_dataset(params.storage.root, dataset_name(params), s3).content_hash
 
 
 def fingerprint(params: Params, gen_spec: dict, data_hash: str) -> str:
@@ -175,7 +156,7 @@ def forwarded_env() -> dict[str, str]:
 
 
 def make_trainer(
-    params: Params, loop_config: dict, key: str, s3, callbacks: list | None = None,
+    params: Params, loop_config: dict, key: str, callbacks: list | None = None,
     worker_env: dict[str, str] | None = None,
 ):  # fmt: skip
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -185,10 +166,11 @@ def make_trainer(
     resources = {"CPU": t.cpus_per_worker}
     if t.use_gpu:
         resources["GPU"] = t.gpus_per_worker
-    fs, path = storage.filesystem(storage.join(params.storage.root, "ray"), s3)
+    store = loop_config["store"]
+    fs, path = store.filesystem(store.uri("ray"))
     datasets = None
     if t.reader == "ray_data":  # the worker reads it through ray.train.get_dataset_shard("train")
-        datasets = {"train": ingest.train_dataset(loop_config["train_uris"], s3, t.seed)}
+        datasets = {"train": ingest.train_dataset(loop_config["train_uris"], store, t.seed)}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -213,17 +195,13 @@ def make_trainer(
 # --------------------------------------------------------------------------------------------------
 
 
-def _write_text(path: str, text: str) -> None:
-    storage.write_bytes_atomic(path, text.encode())
-
-
-def write_epochs_csv(path: str, history: list[dict]) -> None:
+def epochs_csv(history: list[dict]) -> bytes:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in history:
         writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
-    _write_text(path, buf.getvalue())
+    return buf.getvalue().encode()
 
 
 def summary(history: list[dict], model_epoch: int | None = None, **info: Any) -> dict[str, Any]:
@@ -304,12 +282,12 @@ def validate(params: Params) -> None:
         raise UserError(f"train.loss={t.loss!r}: expected one of {', '.join(losses.RECONSTRUCTION_LOSSES)}")
 
 
-def resume_report(root: str, s3, run_id: str) -> str:
+def resume_report(store: Store, root: str, run_id: str) -> str:
     """Say which checkpoint a training resumes from and which damaged ones it skips (the workers pick
     the same: ``loop.newest_state``); returns the MLflow run's status before this attempt."""
     from mlflow import MlflowClient
 
-    folder, saved, problems = newest_state(root, s3)
+    folder, saved, problems = newest_state(root, store)
     for problem in problems:
         log.warning("skipping a damaged checkpoint: %s", problem)
     if saved is not None:
@@ -333,9 +311,11 @@ def training_failed(key: str, run_id: str, prior_status: str, exc: Exception) ->
 
 @dataclass
 class Inputs:
-    """What a training reads, checked before Ray starts (``check_inputs``)."""
+    """What a training reads, checked before Ray starts (``check_inputs``): the stage's store, the
+    dataset handle and what comes from it."""
 
-    s3: Any
+    store: Store
+    dataset: Dataset
     train_uris: list[str]
     val_uris: list[str]
     image_size: int
@@ -346,16 +326,17 @@ def check_inputs(params: Params) -> Inputs:
     """Shards, one batch per worker, the model spec: ``UserError`` naming what is wrong, no Ray needed."""
     validate(params)
     t = params.train
-    s3 = storage.S3Options.from_config(params.storage)
-    check_bucket(params.storage.root, s3)
-    train_uris, val_uris = find_shards(params, s3)
-    n_train = count_rows(train_uris, s3)
+    store = Store.from_config(params.storage)
+    store.check_bucket()
+    ds = open_dataset(store, dataset_name(params))
+    train_uris, val_uris = find_shards(ds)
+    n_train = ds.rows("train")  # the manifest's count, checked against each shard's Parquet footer
     if n_train // t.num_workers < t.batch_size:
         raise UserError(
-            f"{shards.dataset_dir(params.storage.root, dataset_name(params))}: {n_train} training rows "
-            f"cannot fill one batch of {t.batch_size} per worker on {t.num_workers} workers"
+            f"{ds.dir}: {n_train} training rows cannot fill one batch of {t.batch_size} per worker on "
+            f"{t.num_workers} workers"
         )
-    image_size = image_size_of(val_uris[0], s3)
+    image_size = image_size_of(ds)
     try:
         gen_spec = engine.generator_spec(params.model.generator, image_size)
         engine.build_model(gen_spec)
@@ -364,7 +345,7 @@ def check_inputs(params: Params) -> Inputs:
             engine.build_model(dict(params.model.domain_discriminator))
     except (ValueError, TypeError) as exc:
         raise UserError(f"params model section: {exc}") from None
-    return Inputs(s3, train_uris, val_uris, image_size, gen_spec)
+    return Inputs(store, ds, train_uris, val_uris, image_size, gen_spec)
 
 
 def train(
@@ -390,9 +371,9 @@ def train(
 
     inputs = inputs or check_inputs(params)
     t = params.train
-    s3, train_uris, val_uris = inputs.s3, inputs.train_uris, inputs.val_uris
+    store, train_uris, val_uris = inputs.store, inputs.train_uris, inputs.val_uris
     image_size, gen_spec = inputs.image_size, inputs.gen_spec
-    data_hash = dataset_hash(params, s3)
+    data_hash = inputs.dataset.content_hash
     run_name = t.run_name or tracking.run_name(gen_spec, dataset_name(params))
     key = train_key(key_prefix or run_name, fingerprint(params, gen_spec, data_hash))
     uri = tracking.configure()
@@ -411,18 +392,18 @@ def train(
         "gen_spec": gen_spec,
         "train_uris": train_uris,
         "val_uris": val_uris,
-        "s3": s3,
+        "store": store,
         "run_id": run_id,
         "tracking_uri": uri,
-        "checkpoint_root": storage.join(params.storage.root, "ray", key),
+        "checkpoint_root": store.uri("ray", key),
     }
-    prior_status = resume_report(loop_config["checkpoint_root"], s3, run_id)
-    trainer = make_trainer(params, loop_config, key, s3, callbacks=callbacks, worker_env=worker_env)
+    prior_status = resume_report(store, loop_config["checkpoint_root"], run_id)
+    trainer = make_trainer(params, loop_config, key, callbacks=callbacks, worker_env=worker_env)
     try:
         trainer.fit()
     except TrainingFailedError as exc:
         raise training_failed(key, run_id, prior_status, exc) from exc
-    _, state, problems = newest_state(loop_config["checkpoint_root"], s3)
+    _, state, problems = newest_state(loop_config["checkpoint_root"], store)
     if state is None:
         raise RuntimeError(f"training {key} ended without an intact checkpoint: {'; '.join(problems)}")
 
@@ -455,7 +436,7 @@ def train(
         spec=gen_spec,
         dataset=dataset_name(params),
         dataset_hash=data_hash,
-        checkpoint=storage.join(params.storage.root, "ray", key),
+        checkpoint=loop_config["checkpoint_root"],
         tags=run_tags,
     )
 
@@ -465,9 +446,9 @@ def train(
 # --------------------------------------------------------------------------------------------------
 
 
-def write_outputs(params: Params, res: TrainResult) -> dict[str, Any]:
-    """The stage files: ``train.weights_out`` (also the run's MLflow model), the epochs CSV and the
-    summary JSON (returned)."""
+def write_outputs(params: Params, res: TrainResult, store: Store) -> dict[str, Any]:
+    """The stage files, through the stage's store: ``train.weights_out`` (also the run's MLflow model),
+    the epochs CSV, the summary JSON (returned) and its headline numbers."""
     t = params.train
     model = engine.build_model(res.spec)
     model.load_state_dict(res.generator_state, strict=True)
@@ -480,9 +461,9 @@ def write_outputs(params: Params, res: TrainResult) -> dict[str, Any]:
         "epoch": res.model_epoch,
         "epochs_trained": res.epochs_done,
     }
-    save_generator(t.weights_out, model, res.spec, res.image_size, meta)
+    save_generator(t.weights_out, model, res.spec, res.image_size, meta, store)
     model_uri = log_final_model(res.run_id, t.weights_out, res.image_size, res.model_epoch)
-    write_epochs_csv(t.plots_out, res.history)
+    store.write_bytes(t.plots_out, epochs_csv(res.history))
     out = summary(
         res.history,
         run_id=res.run_id,
@@ -496,7 +477,8 @@ def write_outputs(params: Params, res: TrainResult) -> dict[str, Any]:
         checkpoint=res.checkpoint,
         model_epoch=res.model_epoch,
     )
-    _write_text(t.metrics_out, json.dumps(out, indent=2, sort_keys=True) + "\n")
+    store.write_bytes(t.metrics_out, (json.dumps(out, indent=2, sort_keys=True) + "\n").encode())
+    headline.write(headline.path_for(t.metrics_out), headline.train(out), store)
     return out
 
 
@@ -509,7 +491,7 @@ def run(params: Params) -> dict[str, Any]:
     init_ray(params)
     check_cluster_gpus(params.train)  # before the MLflow run exists: none is left RUNNING
     res = train(params, inputs=inputs)
-    out = write_outputs(params, res)
+    out = write_outputs(params, res, inputs.store)
     if os.environ.get(FAULT_ENV):
         log.warning("%s is set: fault injection was active", FAULT_ENV)
     return out

@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from components import storage
 from components.checkpoint import newest_intact, write_with_hash
 from components.data.shards import ShardDataset
 from components.progress import Progress
+from components.storage import Store
 from components.training import engine, figures, ingest
 from components.training.mlflow_logging import RankZeroLogger
 
@@ -52,7 +52,9 @@ def read_state(directory: str | Path, map_location="cpu") -> dict:
     return torch.load(Path(directory, STATE_FILE), map_location=map_location, weights_only=True)
 
 
-def newest_state(root: str, s3=None, map_location="cpu") -> tuple[str | None, dict | None, list[str]]:
+def newest_state(
+    root: str, store: Store | None = None, map_location="cpu"
+) -> tuple[str | None, dict | None, list[str]]:
     """``(folder, state, problems)``: the newest ``epoch_NNNN`` checkpoint under ``root`` (the run's Ray
     folder) whose ``state.pt`` matches the sha256 written at save and loads; by epoch on disk, not by
     what Ray recorded last (a killed driver may not have recorded its last checkpoints). ``problems``
@@ -60,7 +62,7 @@ def newest_state(root: str, s3=None, map_location="cpu") -> tuple[str | None, di
     def load(data: bytes) -> dict:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
 
-    return newest_intact(root, STATE_FILE, "epoch_", load, s3=s3)
+    return newest_intact(root, STATE_FILE, "epoch_", load, store)
 
 
 def check_weights(state: engine.TrainState) -> None:
@@ -83,14 +85,14 @@ def save_state(state: engine.TrainState, directory: str) -> None:
 def make_loaders(config: dict, rank: int, world: int):
     t = config["params"].train
     train_ds = ShardDataset(
-        config["train_uris"], hflip=t.hflip, rank=rank, world_size=world, seed=t.seed, s3=config["s3"]
+        config["train_uris"], hflip=t.hflip, rank=rank, world_size=world, seed=t.seed, store=config["store"]
     )
     val_ds = ShardDataset(
         config["val_uris"],
         rank=rank,
         world_size=world,
         seed=t.seed,
-        s3=config["s3"],
+        store=config["store"],
         shuffle=False,
         even=False,
     )
@@ -139,8 +141,9 @@ def train_loop_per_worker(config: dict) -> None:
     state = engine.build_state(params, config["gen_spec"], device, wrap=ray.train.torch.prepare_model)
     # The newest intact checkpoint on disk, also after a worker restart inside this fit (Ray's own
     # get_checkpoint() would hand back the latest it recorded, truncated or not).
-    folder, saved, problems = newest_state(config["checkpoint_root"], config["s3"], map_location=device)
-    taken = set(storage.list_dirs(config["checkpoint_root"], s3=config["s3"]))  # before this attempt writes
+    store = config["store"]
+    folder, saved, problems = newest_state(config["checkpoint_root"], store, map_location=device)
+    taken = set(store.list_dirs(config["checkpoint_root"]))  # before this attempt writes
     for problem in problems:
         log.warning("rank %d: skipping a damaged checkpoint: %s", rank, problem)
     resumed = saved is not None

@@ -1,33 +1,16 @@
-"""Checks that run before any compute: the storage bucket exists and the GPUs asked for are there.
+"""Checks that run before any compute: the GPUs asked for are there (the storage bucket is checked by
+``components.storage.Store.check_bucket``, called in the same place).
 
 A training that asks for a GPU the cluster does not have waits forever for resources (and leaves its
 MLflow run RUNNING); a missing bucket is otherwise found only when the first checkpoint is written. Both
-are ``UserError`` (exit 2) here, before Ray is started and before any MLflow run is created.
+are ``UserError`` (exit 2), before Ray is started and before any MLflow run is created.
 """
 
 from __future__ import annotations
 
 import os
 
-from components import storage
 from components.cli import UserError
-
-
-def check_bucket(root: str, s3: storage.S3Options | None = None) -> None:
-    """``head_bucket`` on the bucket of an ``s3://`` root; nothing to check for a local folder."""
-    if not storage.is_s3(root):
-        return
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket = root[len("s3://") :].split("/", 1)[0]
-    try:
-        storage.boto3_client(s3).head_bucket(Bucket=bucket)
-    except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        what = "does not exist" if code in ("404", "NoSuchBucket") else f"is not accessible ({code})"
-        raise UserError(f"storage.root={root}: bucket {bucket!r} {what}") from None
-    except BotoCoreError as exc:
-        raise UserError(f"storage.root={root}: cannot reach bucket {bucket!r}: {exc}") from None
 
 
 def _require(t, section: str, have: float, where: str, fix: str) -> None:

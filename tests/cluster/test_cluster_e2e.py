@@ -18,7 +18,6 @@ import boto3
 import pytest
 from mlflow import MlflowClient
 
-from components.storage import S3Options
 from tests.cluster.conftest import alive_nodes
 from tests.conftest import BIN
 from tests.train.conftest import PY, REPO, TINY, project_dir, write_tiny_dataset
@@ -157,7 +156,7 @@ def test_no_secret_of_the_submitting_machine_in_ray_logs_or_mlflow(
     """The driver runs here against the cluster with planted secrets; the nodes use their own
     credentials, and the planted values show up in no file of either node's Ray folder."""
     root = f"s3://{artifact_bucket}/secret-store"
-    write_tiny_dataset(root, name="tiny", n_train=16, n_val=4, s3=S3Options())
+    write_tiny_dataset(root, name="tiny", n_train=16, n_val=4)
     tag = uuid.uuid4().hex[:8]
     planted = {
         "AWS_SECRET_ACCESS_KEY": f"planted-aws-secret-{tag}",
@@ -193,7 +192,7 @@ def test_training_resumes_from_s3_after_losing_the_second_node(
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     root = f"s3://{artifact_bucket}/resume-store"
-    write_tiny_dataset(root, name="tiny", n_train=16, n_val=4, s3=S3Options())
+    write_tiny_dataset(root, name="tiny", n_train=16, n_val=4)
     jobs = JobSubmissionClient(two_nodes.dashboard)
     sub_id = f"train-resume-{uuid.uuid4().hex[:6]}"
     runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": shared_mlflow, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}}

@@ -20,6 +20,7 @@ from components.cli import UserError
 from components.config import load_params
 from components.data.dataset import DatasetError, open_dataset
 from components.evaluation import shard_samples
+from components.storage import Store
 from components.training import launch
 from tests.prepare.conftest import REPO, SMALL, run_prepare
 
@@ -63,21 +64,19 @@ def test_prepare_killed_midway_leaves_the_published_dataset_whole(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert _staged_shards(folder, first["version"]), "the killed run left its unpublished shards"
 
-    ds = open_dataset(root, "default")  # what train, evaluate and ablate open
+    ds = open_dataset(Store(root), "default")  # what train, evaluate and ablate open
     assert ds.version == first["version"] and ds.content_hash == first["content_hash"]
     rows = _all_rows(ds)
     assert len(rows) == len({r["sample_id"] for r in rows}) == sum(first["counts"].values())
-    p = load_params(REPO / "params.yaml", [f"storage.root={root}"])
-    assert launch.dataset_hash(p, None) == first["content_hash"]
-    train, val = launch.find_shards(p, None)
+    train, val = launch.find_shards(ds)
     assert len(train) == len(first["shards"]["train"]) and len(val) == len(first["shards"]["val"])
-    assert len(shard_samples(root, "default")) == first["counts"]["test"]
+    assert len(shard_samples(Store(root), "default")) == first["counts"]["test"]
 
     # the next successful prepare publishes the new dataset and removes the leftovers
     second = run_prepare(tmp_path, *FAST, "prepare.seed=1")
     assert second["content_hash"] != first["content_hash"]
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", second["version"]]
-    rows = _all_rows(open_dataset(root, "default"))
+    rows = _all_rows(open_dataset(Store(root), "default"))
     assert len(rows) == len({r["sample_id"] for r in rows}) == sum(second["counts"].values())
 
 
@@ -88,23 +87,23 @@ def test_shard_that_differs_from_the_manifest_is_an_error_naming_it(tmp_path):
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 2])  # truncated
     with pytest.raises(DatasetError, match=rf"{shard}: shard is {len(data) // 2} bytes, the manifest says"):
-        open_dataset(root, "default")
+        open_dataset(Store(root), "default")
     p = load_params(REPO / "params.yaml", [f"storage.root={root}"])
     with pytest.raises(UserError, match=str(shard)):
         launch.check_inputs(p)
     shard.write_bytes(data[:100] + bytes(200) + data[300:])  # same size, other bytes
     with pytest.raises(DatasetError, match=rf"{shard}: shard content does not match the manifest's sha256"):
-        open_dataset(root, "default")
+        open_dataset(Store(root), "default")
     shard.unlink()
     with pytest.raises(DatasetError, match=rf"{shard}: shard listed in the manifest is missing"):
-        open_dataset(root, "default")
+        open_dataset(Store(root), "default")
 
 
 def test_no_or_foreign_manifest_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetError, match=r"datasets/none: no published dataset .*pipeline\.prepare"):
-        open_dataset(str(tmp_path), "none")
+        open_dataset(Store(str(tmp_path)), "none")
     folder = tmp_path / "datasets" / "old"
     folder.mkdir(parents=True)
     (folder / "manifest.json").write_text(json.dumps({"format": "harmonize-manifest/1"}))
     with pytest.raises(DatasetError, match="not a harmonize-manifest/2 manifest"):
-        open_dataset(str(tmp_path), "old")
+        open_dataset(Store(str(tmp_path)), "old")

@@ -1,7 +1,7 @@
 """S3 faults for real: a writer killed mid multipart upload, and an S3 server paused (SIGSTOP) mid-write.
 
 Each test starts its own moto server (the session one must not be paused). The writers are child
-processes running the product's ``storage.write_bytes_atomic``; a botocore event hook (``before-send``
+processes running the product's ``Store.write_bytes``; a botocore event hook (``before-send``
 of the first ``UploadPart``) picks the moment, so nothing depends on timing: the paused server fails the
 write through a 2 s botocore timeout, not a sleep.
 """
@@ -18,14 +18,14 @@ import boto3
 import pytest
 
 from components.data.dataset import open_dataset
-from components.storage import S3Options
+from components.storage import Store
 from tests.conftest import BIN, REPO, _start, _stop, free_port, wait_http
 from tests.prepare.conftest import SMALL, run_prepare
 
 WRITER = """
 import os, signal, sys
 import boto3
-from components import storage
+from components.storage import Store
 
 action = sys.argv[2]
 
@@ -36,7 +36,7 @@ def fault(**_):
 
 boto3.setup_default_session()
 boto3.DEFAULT_SESSION.events.register("before-send.s3.UploadPart", fault)
-storage.write_bytes_atomic(sys.argv[1], os.urandom(20 << 20))  # > 8 MB: a multipart upload
+Store().write_bytes(sys.argv[1], os.urandom(20 << 20))  # > 8 MB: a multipart upload
 """
 
 
@@ -71,7 +71,7 @@ def test_unfinished_uploads_are_aborted_and_the_published_dataset_survives(own_m
     bucket = f"test-{uuid.uuid4().hex[:8]}"
     client.create_bucket(Bucket=bucket)
     root = f"s3://{bucket}/store"
-    s3 = S3Options(endpoint_url=url)
+    store = Store(root, endpoint_url=url)
     first = run_prepare(tmp_path / "a", *SMALL, f"storage.endpoint_url={url}", root=root)
     staging = f"{root}/datasets/default/v-unfinished"
 
@@ -83,7 +83,7 @@ def test_unfinished_uploads_are_aborted_and_the_published_dataset_survives(own_m
 
     uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     assert uploads and all(u["Key"].startswith("store/datasets/default/v-unfinished/") for u in uploads)
-    ds = open_dataset(root, "default", s3)  # the published dataset is untouched and verifies
+    ds = open_dataset(store, "default")  # the published dataset is untouched and verifies
     assert ds.version == first["version"] and ds.content_hash == first["content_hash"]
 
     second = run_prepare(tmp_path / "b", *SMALL, "prepare.seed=1", f"storage.endpoint_url={url}", root=root)
@@ -91,4 +91,4 @@ def test_unfinished_uploads_are_aborted_and_the_published_dataset_survives(own_m
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="store/")["Contents"]}
     listed = {s["uri"].removeprefix(f"s3://{bucket}/") for v in second["shards"].values() for s in v}
     assert {k for k in keys if not k.endswith("/")} == listed | {"store/datasets/default/manifest.json"}
-    assert open_dataset(root, "default", s3).content_hash == second["content_hash"] != first["content_hash"]
+    assert open_dataset(store, "default").content_hash == second["content_hash"] != first["content_hash"]

@@ -8,6 +8,7 @@ import numpy as np
 from components import evaluation
 from components.data.images import encode_png
 from components.evaluation import Sample, iter_loaded, shard_samples
+from components.storage import Store
 from tests.prepare.conftest import SMALL, run_prepare
 
 
@@ -28,7 +29,7 @@ def test_loader_reads_a_bounded_number_of_samples_ahead():
 
 def test_shard_test_set_streams_every_row_once(tmp_path):
     manifest = run_prepare(tmp_path, *SMALL, "prepare.rows_per_row_group=2")
-    samples = shard_samples(str(tmp_path / "store"), "default", "test")
+    samples = shard_samples(Store(str(tmp_path / "store")), "default", "test")
     assert len(samples) == manifest["counts"]["test"]
     paths = [s.path for s in samples]
     assert len(paths) == len(set(paths)) == len(samples)

@@ -11,9 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
 
-from components import storage
 from components.data.sources import builtin_photo
-from components.storage import S3Options
+from components.storage import Store
 from pipeline.prepare import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,11 +35,11 @@ def run_prepare(out: Path, *overrides: str, root: str | None = None) -> dict:
     return json.loads((out / "manifest.json").read_text())
 
 
-def read_rows(manifest: dict, s3: S3Options | None = None) -> list[dict]:
+def read_rows(manifest: dict, store: Store | None = None) -> list[dict]:
     rows = []
     for split in ("train", "val", "test"):
         for shard in manifest["shards"][split]:
-            data = storage.read_bytes(shard["uri"], s3)
+            data = (store or Store()).read_bytes(shard["uri"])
             rows += pq.read_table(io.BytesIO(data)).to_pylist()
     return rows
 

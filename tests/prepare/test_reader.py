@@ -10,13 +10,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from components.data.shards import ShardDataset, ray_dataset, shard_uris
+from components.storage import Store
 
 from .conftest import REPO, read_rows
 
 
 def _uris(builtin_run):
     out, _ = builtin_run
-    return shard_uris(str(out / "store"), "default", "train")
+    return shard_uris(Store(str(out / "store")), "default", "train")
 
 
 def test_ranks_get_disjoint_equal_parts_every_epoch(builtin_run):

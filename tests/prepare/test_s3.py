@@ -7,9 +7,8 @@ import json
 
 import boto3
 
-from components import storage
 from components.data.shards import ShardDataset, shard_uris
-from components.storage import S3Options
+from components.storage import Store
 
 from .conftest import good_photos_masks, read_rows, run_prepare
 
@@ -30,17 +29,17 @@ def test_prepare_on_s3(moto_endpoint, s3_bucket, tmp_path):
         f"prepare.sources=[{{kind: builtin, limit: 3}}, {{kind: photos_masks, path: {s3_bucket}/inputs}}]",
         root=root,
     )
-    s3 = S3Options(endpoint_url=moto_endpoint)
+    store = Store(root, endpoint_url=moto_endpoint)
     objects = client.list_objects_v2(Bucket=bucket, Prefix="store/")["Contents"]
     keys = sorted(o["Key"] for o in objects if not o["Key"].endswith("/"))  # "/" keys: pyarrow dir markers
     listed = sorted(s["uri"].removeprefix(s3_bucket + "/") for v in manifest["shards"].values() for s in v)
     assert keys == sorted([*listed, "store/datasets/default/manifest.json"])
     assert all(k.startswith(f"store/datasets/default/{manifest['version']}/") for k in listed)
     for split, infos in manifest["shards"].items():
-        assert shard_uris(root, "default", split, s3=s3) == [i["uri"] for i in infos]
+        assert shard_uris(store, "default", split) == [i["uri"] for i in infos]
         for info in infos:
-            assert hashlib.sha256(storage.read_bytes(info["uri"], s3)).hexdigest() == info["sha256"]
-    rows = read_rows(manifest, s3)
+            assert hashlib.sha256(store.read_bytes(info["uri"])).hexdigest() == info["sha256"]
+    rows = read_rows(manifest, store)
     card = json.loads((tmp_path / "out" / "card.json").read_text())
     assert (
         card["subsets"]["train"].get("photos_masks", 0)
@@ -49,6 +48,6 @@ def test_prepare_on_s3(moto_endpoint, s3_bucket, tmp_path):
         == sum(r["source"] == "photos_masks" for r in rows)
         > 0
     )
-    ds = ShardDataset(shard_uris(root, "default", "train", s3=s3), s3=s3)
+    ds = ShardDataset(shard_uris(store, "default", "train"), store=store)
     got = [x["sample_id"] for x in ds]
     assert sorted(got) == sorted(r["sample_id"] for r in rows if r["split"] == "train")

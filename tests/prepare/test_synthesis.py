@@ -11,6 +11,7 @@ from components.cli import UserError
 from components.config import load_params
 from components.data import images, synthesis
 from components.data.build import prepare_dataset
+from components.storage import Store
 
 from .conftest import REPO, SMALL, photo, png, polygon_mask, read_rows, run_prepare, save
 
@@ -169,5 +170,5 @@ def test_builtin_test_crops_native_size_capped(tmp_path):
 def test_bad_method_names_fail_clearly(tmp_path, override, message):
     params = load_params(REPO / "params.yaml", [f"storage.root={tmp_path}", override])
     with pytest.raises(UserError, match=message):
-        prepare_dataset(params.prepare, params.storage, progress=False)
+        prepare_dataset(params.prepare, Store.from_config(params.storage), progress=False)
     assert not (tmp_path / "datasets").exists()

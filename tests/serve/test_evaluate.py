@@ -106,12 +106,13 @@ def test_s3_folder_and_prepare_shards_give_the_same_numbers(
     import boto3
 
     from components.data.dataset import DatasetWriter
+    from components.storage import Store
 
     lh = test_subset
     names = (lh / f"{lh.name}_test.txt").read_text().split()[:12]
     client = boto3.client("s3")
     bucket = s3_bucket[len("s3://") :]
-    writer = DatasetWriter(str(tmp_path / "store"), "tiny", 100, 16)
+    writer = DatasetWriter(Store(str(tmp_path / "store")), "tiny", 100, 16)
     lines = []
     for name in names:
         image_id, mask_no, _ = name[:-4].rsplit("_", 2)

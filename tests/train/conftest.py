@@ -14,7 +14,7 @@ import pytest
 
 from components.data.dataset import DatasetWriter
 from components.data.images import encode_png
-from components.storage import S3Options
+from components.storage import Store
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -55,11 +55,11 @@ def _triplet(rng: np.random.Generator, size: int):
 
 
 def write_tiny_dataset(root: str, name: str = "tiny", n_train: int = 16, n_val: int = 8, size: int = 32,
-                       s3: S3Options | None = None, seed: int = 0) -> dict:  # fmt: skip
+                       seed: int = 0) -> dict:  # fmt: skip
     """Write and publish train/val shards of synthetic triplets as dataset ``<root>/datasets/<name>/``
-    (local or s3://); returns the manifest."""
+    (local, or s3:// through the AWS environment); returns the manifest."""
     rng = np.random.default_rng(seed)
-    writer = DatasetWriter(root, name, rows_per_shard=10**6, rows_per_row_group=8, s3=s3)
+    writer = DatasetWriter(Store(root), name, rows_per_shard=10**6, rows_per_row_group=8)
     for split, n in (("train", n_train), ("val", n_val)):
         for i in range(n):
             comp, mask, real, ratio, fg_mse = _triplet(rng, size)

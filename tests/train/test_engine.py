@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from components.checkpoint import CheckpointError, load_generator, save_generator
 from components.config import load_params
 from components.data.shards import ShardDataset, shard_uris
+from components.storage import Store
 from components.training import engine
 from components.training.schedule import lr_factor, make_scheduler
 from tests.train.conftest import REPO, TINY, write_tiny_dataset
@@ -22,7 +23,7 @@ def tiny_params(root: str, *extra: str):
 
 
 def batches(root: str, split: str = "train", batch_size: int = 4):
-    ds = ShardDataset(shard_uris(root, "tiny", split), shuffle=split == "train", even=split == "train")
+    ds = ShardDataset(shard_uris(Store(root), "tiny", split), shuffle=split == "train", even=split == "train")
     return DataLoader(ds, batch_size=batch_size, drop_last=split == "train")
 
 

@@ -10,7 +10,6 @@ from mlflow import MlflowClient
 
 from components.cli import UserError
 from components.config import load_params
-from components.storage import S3Options
 from components.training import launch
 from tests.train.conftest import REPO, TINY, project_dir, run_train, write_tiny_dataset
 
@@ -57,7 +56,7 @@ def test_ray_data_reader_reads_the_shards_from_s3(s3_bucket, tmp_path):
     """storage.root on S3 (moto): Ray Data's read tasks reach the bucket through the configured endpoint.
     A local Ray (no RAY_ADDRESS): its workers inherit this test's moto credentials, as a cluster's nodes
     would have their own (instance roles, a Kubernetes secret)."""
-    write_tiny_dataset(s3_bucket, s3=S3Options())
+    write_tiny_dataset(s3_bucket)
     proj = project_dir(tmp_path / "proj")
     rows, metrics = train_with("ray_data", proj, s3_bucket, None)
     assert [int(r["step"]) for r in rows] == [4, 8]

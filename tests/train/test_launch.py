@@ -7,7 +7,7 @@ import pytest
 from components.checkpoint import load_generator, save_generator
 from components.cli import UserError
 from components.config import load_params
-from components.storage import S3Options
+from components.storage import Store
 from components.training import engine, launch
 from tests.train.conftest import REPO, TINY, write_tiny_dataset
 
@@ -21,7 +21,7 @@ def test_missing_shards_are_a_user_error_naming_the_folder(tmp_path):
     with pytest.raises(
         UserError, match=r"datasets/nothing-here: no published dataset.*pipeline\.prepare"
     ):
-        launch.find_shards(p, None)
+        launch.check_inputs(p)
 
 
 def test_too_little_data_for_a_batch_per_worker_fails_before_ray(tmp_path):
@@ -53,7 +53,7 @@ def test_generator_file_on_s3(s3_bucket):
     spec = engine.generator_spec(p.model.generator, 32)
     state = engine.build_state(p, spec)
     uri = f"{s3_bucket}/models/generator.pt"
-    save_generator(uri, state.generator, spec, 32, {"epoch": 1}, s3=S3Options())
-    model, info = load_generator(uri, s3=S3Options())
+    save_generator(uri, state.generator, spec, 32, {"epoch": 1}, store=Store())
+    model, info = load_generator(uri, store=Store())
     assert info["image_size"] == 32 and info["meta"]["epoch"] == 1
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in state.generator.parameters())

@@ -15,7 +15,6 @@ import pytest
 from mlflow import MlflowClient
 
 from components.checkpoint import load_generator
-from components.storage import S3Options
 from tests.train.conftest import PY, REPO, TINY, read_json, run_train, write_tiny_dataset
 
 pytestmark = pytest.mark.slow
@@ -106,8 +105,7 @@ def test_ray_job_submit_with_s3_checkpoints_and_worker_restart(
 ):
     """A job on a Ray head: data and checkpoints on S3, MLflow on a server, one injected worker failure
     that FailureConfig recovers from the epoch-1 checkpoint."""
-    s3 = S3Options()
-    write_tiny_dataset(s3_bucket, s3=s3, n_train=8, n_val=4)
+    write_tiny_dataset(s3_bucket, n_train=8, n_val=4)
     out = tmp_path / "out"
     args = [*TINY, f"storage.root={s3_bucket}", "prepare.name=tiny", "train.epochs=2", "train.max_failures=1",
             *outputs(out)]  # fmt: skip

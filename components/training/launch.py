@@ -431,7 +431,7 @@ def train(
         last=history[-1],
         model_epoch=model_epoch,
         epochs_done=state["epoch"],
-        generator_state=(kept or state)["generator"],
+        generator_state=kept["generator"] if kept else engine.shipped_generator_state(state),
         image_size=image_size,
         spec=gen_spec,
         dataset=dataset_name(params),

@@ -185,7 +185,7 @@ def train_loop_per_worker(config: dict) -> None:
             engine.end_epoch(state)
 
             keep = t.sample_grid if rank == 0 else 0
-            val_sums, samples = engine.validate(state.generator, val_loader, device, t.amp, keep=keep)
+            val_sums, samples = engine.validate(engine.eval_generator(state), val_loader, device, t.amp, keep=keep)
             val_sums.all_reduce()
             val, composite = val_sums.means()
             row = {

@@ -23,6 +23,7 @@ def _restore_mlflow(monkeypatch):
     """configure() sets global MLflow state and os.environ: tests/conftest.py's ``_mlflow_uris`` puts
     the URIs back after each test; this ends the test's runs and forgets its configure()."""
     monkeypatch.delenv(T.ENV_VAR, raising=False)
+    monkeypatch.delenv(T.REGISTRY_ENV_VAR, raising=False)  # a session fixture's (tests/serve: the server)
     yield
     while mlflow.active_run():
         mlflow.end_run()

@@ -20,6 +20,7 @@ import torch
 
 from components.data import shards
 from components.storage import Store
+from components.training import quiet
 
 READERS = ("shards", "ray_data")  # train.reader: ShardDataset in the worker | Ray Data
 SHUFFLE_ROWS = 256  # rows in each worker's local shuffle buffer (decoded: ~100 kB each at 64x64)
@@ -29,7 +30,7 @@ def train_dataset(uris: list[str], store: Store, seed: int):
     """The Ray Data dataset of decoded training triplets, files in a new seeded order every epoch."""
     from ray.data import FileShuffleConfig
 
-    return shards.ray_dataset(uris, store, shuffle=FileShuffleConfig(seed=seed))
+    return quiet.ray_dataset(shards.ray_dataset(uris, store, shuffle=FileShuffleConfig(seed=seed)))
 
 
 def epoch_seed(seed: int, rank: int, epoch: int) -> int:

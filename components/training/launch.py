@@ -37,7 +37,7 @@ from components.config import Params
 from components.data.dataset import Dataset, open_dataset
 from components.models import losses
 from components.storage import Store
-from components.training import engine, ingest, remote
+from components.training import engine, ingest, quiet, remote
 from components.training.loop import FAULT_ENV, newest_state, train_loop_per_worker
 from components.training.mlflow_logging import find_or_create_run, training_dataset
 from components.training.preflight import check_cluster_gpus, check_local_gpus
@@ -184,8 +184,9 @@ def make_trainer(
             storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoints_to_keep),
-            worker_runtime_env={"env_vars": {**forwarded_env(), **(worker_env or {})}},
+            worker_runtime_env={"env_vars": {**quiet.worker_env(), **forwarded_env(), **(worker_env or {})}},
             callbacks=list(callbacks or []),
+            logging_config=quiet.train_logging(),  # Ray Train's per-report INFO lines off the console
         ),
     )
 
@@ -488,6 +489,7 @@ def run(params: Params) -> dict[str, Any]:
     remote.check_shared(params.storage.root)  # a job's runs must land where they are kept
     inputs = check_inputs(params)  # before Ray starts: a missing dataset or a bad spec fails in a second
     check_local_gpus(params.train)
+    quiet.driver(local_ray=not os.environ.get("RAY_ADDRESS"))
     init_ray(params)
     check_cluster_gpus(params.train)  # before the MLflow run exists: none is left RUNNING
     res = train(params, inputs=inputs)

@@ -27,7 +27,7 @@ from components.checkpoint import newest_intact, write_with_hash
 from components.data.shards import ShardDataset
 from components.progress import Progress
 from components.storage import Store
-from components.training import engine, figures, ingest
+from components.training import engine, figures, ingest, quiet
 from components.training.mlflow_logging import RankZeroLogger
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    quiet.worker()  # Ray Train's per-report line off the driver's console
     params = config["params"]
     t = params.train
     ctx = ray.train.get_context()

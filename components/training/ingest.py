@@ -33,6 +33,28 @@ def train_dataset(uris: list[str], store: Store, seed: int):
     return quiet.ray_dataset(shards.ray_dataset(uris, store, shuffle=FileShuffleConfig(seed=seed)))
 
 
+def check_cpus(t) -> None:
+    """Right after connecting to Ray, with ``train.reader=ray_data``: Ray Train leaves Ray Data only the
+    cluster's CPUs beyond the training workers' (its budget is the total minus training); with none left,
+    the read and decode tasks never start and every worker waits for its first batch forever (a 2-CPU
+    head with two 1-CPU workers hung). A ``UserError`` naming the ways out instead, before the MLflow run
+    exists. A local Ray started by ``train`` has the extra CPU (``launch.init_ray``)."""
+    if t.reader != "ray_data":
+        return
+    import ray
+
+    from components.cli import UserError
+
+    have, workers = float(ray.cluster_resources().get("CPU", 0)), t.num_workers * t.cpus_per_worker
+    if have < workers + 1:
+        raise UserError(
+            f"train.reader=ray_data needs a CPU for Ray Data beside the {workers:g} of the training workers "
+            f"({t.num_workers} x train.cpus_per_worker={t.cpus_per_worker:g}), but the Ray cluster has "
+            f"{have:g}; use train.reader=shards (read inside the workers), fewer train.num_workers, or "
+            "add CPUs"
+        )
+
+
 def epoch_seed(seed: int, rank: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
 

@@ -492,6 +492,7 @@ def run(params: Params) -> dict[str, Any]:
     quiet.driver(local_ray=not os.environ.get("RAY_ADDRESS"))
     init_ray(params)
     check_cluster_gpus(params.train)  # before the MLflow run exists: none is left RUNNING
+    ingest.check_cpus(params.train)  # train.reader=ray_data: a CPU beside the workers
     res = train(params, inputs=inputs)
     out = write_outputs(params, res, inputs.store)
     if os.environ.get(FAULT_ENV):

@@ -157,3 +157,77 @@ def test_compare_page_shows_test_fmse_and_sample_grids_side_by_side(registry_flo
         grid = np.asarray(Image.open(client.download_artifacts(run_id, LATEST_SAMPLES, str(tmp_path / run_id))))
         assert (shown_image["h"], shown_image["w"]) == grid.shape[:2]
         assert shown_image["sum"] == int(grid.astype(np.int64).sum())
+
+
+# The model page's versions table: the row-select checkbox of "Version N".
+VERSION_CHECKBOX_JS = """[...document.querySelectorAll('[role=row] a')]
+  .find(a => a.textContent.trim() === 'Version %s')?.closest('[role=row]').querySelector('input[type=checkbox]')"""
+# The version compare page: a header row ("Model Version:") or a metric row, one cell per version.
+VERSION_COMPARE_ROW_JS = """(() => {
+  const th = [...document.querySelectorAll('tr > th')].find(th => th.textContent.trim() === '%s');
+  return th ? [...th.parentElement.querySelectorAll('td')].map(td => td.textContent.trim()) : null;
+})()"""
+# A version page once loaded (its source run's link in place): aliases and the tags with the decision.
+VERSION_PAGE_JS = """(() => {
+  if (!document.querySelector('a[href*="/runs/%s"]')) return null;
+  const tag = k => document.querySelector(`tr[data-row-key="${k}"] td:nth-child(2)`)?.textContent.trim();
+  const item = [...document.querySelectorAll('[data-testid=descriptions-item]')]
+    .find(d => d.textContent.startsWith('Aliases'));
+  if (!item || tag('promoted') === undefined) return null;
+  return {aliases: [...item.querySelectorAll('[role=status]')].map(e => e.getAttribute('title')),
+          promoted: tag('promoted'), promotion_reason: tag('promotion_reason'), test_fmse: tag('test_fmse')};
+})()"""
+
+
+def test_version_compare_page_shows_test_fmse_and_each_version_page_the_decision(registry_flow, tmp_path):
+    """Versions 1 (the weak model, champion first) and 2 (the strong one that took the alias) as a user
+    compares them: ticked on the model page, then "Compare". MLflow 3.17's model-version compare page
+    (``#/compare-model-versions``) shows each version's source-run params and metrics, so the test fMSE
+    that decides promotion is there side by side; it has no tags or aliases, so the decision is read
+    where the UI shows it: each version's page (linked from the compare page), its aliases and the
+    ``promoted`` / ``promotion_reason`` tags that register wrote."""
+    from mlflow import MlflowClient
+
+    from tests.serve.browser import Browser
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    client, name, url = MlflowClient(), registry_flow["name"], registry_flow["uri"]
+    versions = [client.get_model_version(name, v) for v in ("1", "2")]
+    assert [v.run_id for v in versions] == [registry_flow["runs"]["weak"], registry_flow["runs"]["strong"]]
+    runs = [client.get_run(v.run_id) for v in versions]
+    browser = Browser(tmp_path)
+    try:
+        browser.goto(f"{url}/#/models/{name}")
+        for v in versions:
+            browser.wait_for(f"!!({VERSION_CHECKBOX_JS % v.version})")
+            browser.js(f"({VERSION_CHECKBOX_JS % v.version}).click()")
+        compare = """document.querySelector('[data-testid="compareButton"]')"""
+        browser.wait_for(f"!{compare}.disabled")
+        browser.js(f"{compare}.click()")
+        assert browser.wait_for(VERSION_COMPARE_ROW_JS % "Model Version:") == ["1", "2"]
+        assert "Comparing 2 Versions" in browser.js("document.body.innerText")
+        assert "compare-model-versions" in browser.js("location.hash")
+        shown = browser.wait_for(VERSION_COMPARE_ROW_JS % "test_fmse")
+        assert [float(s) for s in shown] == [
+            pytest.approx(r.data.metrics["test_fmse"], rel=1e-3) for r in runs
+        ], shown  # one value per version, in the versions' order
+        browser.screenshot(ARTIFACTS / "mlflow_ui_compare_versions.png")
+        links = browser.js("""[...document.querySelectorAll('td a[href*="/versions/"]')].map(a => a.href)""")
+        assert [link.rsplit("/", 1)[1] for link in links] == ["1", "2"]
+
+        pages = []
+        for v, link in zip(versions, links, strict=True):  # what the version links open
+            browser.goto(link)
+            pages.append(browser.wait_for(VERSION_PAGE_JS % v.run_id))
+        browser.screenshot(ARTIFACTS / "mlflow_ui_version_2.png")
+    finally:
+        browser.close()
+    for page, v in zip(pages, versions, strict=True):
+        assert sorted(page["aliases"]) == sorted(v.aliases), page
+        assert page["promoted"] == v.tags["promoted"], page
+        assert page["promotion_reason"] == v.tags["promotion_reason"], page
+        assert float(page["test_fmse"]) == pytest.approx(float(v.tags["test_fmse"]))
+    old, new = pages
+    assert "champion" in new["aliases"] and "champion" not in old["aliases"]
+    assert new["promoted"] == "true" and "vs champion v1" in new["promotion_reason"]
+    assert float(new["test_fmse"]) < float(old["test_fmse"])  # the metric that decided it

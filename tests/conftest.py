@@ -24,6 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 # suite as a fresh clone without ../shared would: the lalonde tier skips, everything else runs).
 LALONDE = Path(os.environ.get("HARMONIZE_LALONDE") or REPO.parent / "shared" / "data" / "lalonde")
 BIN = Path(sys.executable).parent
+# The environment of every ``ray start --block`` the tests run. Ray 2.60 drains a node for up to 30 s
+# on SIGTERM (for Serve replicas on Kubernetes); a test cluster's nodes have nothing to drain, and
+# their GCS gets the same SIGTERM, so the drain only waited out its timeout at every teardown.
+RAY_NODE_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
 
 
 def free_port() -> int:
@@ -185,7 +189,7 @@ def ray_cluster(tmp_path_factory) -> dict:
     # tests run it (and its clients: ray job submit, ray.init) with authentication off.
     saved_auth = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    proc = _start(cmd, log, env={"RAY_USAGE_STATS_ENABLED": "0"})
+    proc = _start(cmd, log, env=RAY_NODE_ENV)
     info = {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
     try:
         wait_http(f"{info['dashboard']}/api/version", timeout=300, proc=proc)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, _start, _stop, free_port, serve_mlflow, wait_http
+from tests.conftest import BIN, RAY_NODE_ENV, _start, _stop, free_port, serve_mlflow, wait_http
 
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)), None)
 RAY_PORT_FLAGS = (
@@ -31,7 +31,7 @@ RAY_PORT_FLAGS = (
 REPO = Path(__file__).resolve().parents[2]
 # A private cluster on 127.0.0.1: no token auth. The nodes import this checkout's code (an image
 # built from it, on a real cluster) for the functions a driver outside a job sends them.
-NODE_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
+NODE_ENV = {**RAY_NODE_ENV, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:

@@ -60,6 +60,15 @@ def _start(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Pop
     )
 
 
+def restore_env(saved: dict[str, str | None]) -> None:
+    """Put the variables of ``saved`` (name -> value, None for unset) back into ``os.environ``."""
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 def _stop(proc: subprocess.Popen, timeout: float = 30.0) -> None:
     if proc.poll() is not None:
         return
@@ -97,11 +106,7 @@ def mlflow_uris_kept():
 
             mlflow.set_tracking_uri(before[0])
             registry._registry_uri = before[1]  # set_registry_uri(None) would keep the exported variable
-        for k, v in env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        restore_env(env)
 
 
 @pytest.fixture(autouse=True)
@@ -140,11 +145,7 @@ def moto_endpoint(tmp_path_factory) -> str:
         yield url
     finally:
         _stop(proc)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        restore_env(saved)
 
 
 _AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
@@ -187,7 +188,7 @@ def ray_cluster(tmp_path_factory) -> dict:
     ]  # fmt: skip
     # Ray 2.60 turns token authentication on by default; this head listens on 127.0.0.1 only, so the
     # tests run it (and its clients: ray job submit, ray.init) with authentication off.
-    saved_auth = os.environ.get("RAY_AUTH_MODE")
+    saved = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE")}
     os.environ["RAY_AUTH_MODE"] = "disabled"
     proc = _start(cmd, log, env=RAY_NODE_ENV)
     info = {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
@@ -197,10 +198,7 @@ def ray_cluster(tmp_path_factory) -> dict:
     finally:
         _stop(proc, timeout=60)
         shutil.rmtree(temp_dir, ignore_errors=True)
-        if saved_auth is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = saved_auth
+        restore_env(saved)
 
 
 @pytest.fixture(scope="session")

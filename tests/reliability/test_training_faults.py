@@ -1,6 +1,8 @@
-"""Items 5 and 6 end to end (``python -m pipeline.train`` on a local Ray, MLflow in sqlite), each fault
-injected for real: an lr that overflows the float32 weights (the loss turns NaN), truncated checkpoint
-files, a driver killed with SIGKILL in the middle of training."""
+"""Items 5 and 6 end to end (``python -m pipeline.train``, MLflow in sqlite), each fault injected for
+real: an lr that overflows the float32 weights (the loss turns NaN), truncated checkpoint files, a driver
+killed with SIGKILL in the middle of training. The first two run on the session's Ray head (a Ray on this
+machine, as ``RAY_ADDRESS=127.0.0.1:PORT``: no Ray start and stop per command); the killed driver starts
+its own local Ray, which dies with it."""
 
 from __future__ import annotations
 
@@ -19,14 +21,15 @@ from tests.train.conftest import PY, REPO, TINY, read_json, run_train, tiny_loca
 pytestmark = pytest.mark.slow
 
 
-def setup(tiny_local, *extra: str):  # noqa: F811
+def setup(tiny_local, *extra: str, ray_address: str | None = None):  # noqa: F811
     proj = tiny_local["proj"]
     db = f"sqlite:///{proj / 'mlflow.db'}"
     args = [*TINY, f"storage.root={tiny_local['root']}", "prepare.name=tiny", "train.max_failures=0",
             f"train.weights_out={proj / 'models' / 'generator.pt'}",
             f"train.metrics_out={proj / 'metrics' / 'train.json'}",
             f"train.plots_out={proj / 'metrics' / 'train_epochs.csv'}", *extra]  # fmt: skip
-    return proj, args, {"MLFLOW_TRACKING_URI": db}, MlflowClient(db)
+    env = {"MLFLOW_TRACKING_URI": db, **({"RAY_ADDRESS": ray_address} if ray_address else {})}
+    return proj, args, env, MlflowClient(db)
 
 
 def the_run(client: MlflowClient):
@@ -39,8 +42,9 @@ def epochs_logged(client: MlflowClient, run_id: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, "val_fmse"))
 
 
-def test_diverging_loss_stops_with_a_clear_error_and_nothing_is_saved(tiny_local):  # noqa: F811
-    proj, args, env, client = setup(tiny_local, "train.epochs=2", "train.lr=1e38", "train.max_nonfinite_steps=2")
+def test_diverging_loss_stops_with_a_clear_error_and_nothing_is_saved(tiny_local, ray_cluster):  # noqa: F811
+    proj, args, env, client = setup(tiny_local, "train.epochs=2", "train.lr=1e38", "train.max_nonfinite_steps=2",
+                                    ray_address=ray_cluster["address"])  # fmt: skip
     res = run_train(proj, args, env=env)
     assert res.returncode == 2, res.stdout[-3000:] + res.stderr[-3000:]
     (line,) = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]  # Ray's log lines around it
@@ -55,8 +59,8 @@ def test_diverging_loss_stops_with_a_clear_error_and_nothing_is_saved(tiny_local
     assert not (proj / "metrics" / "train.json").exists()
 
 
-def test_truncated_checkpoints_fall_back_and_a_finished_run_stays_finished(tiny_local):  # noqa: F811
-    proj, args, env, client = setup(tiny_local, "train.epochs=2")
+def test_truncated_checkpoints_fall_back_and_a_finished_run_stays_finished(tiny_local, ray_cluster):  # noqa: F811
+    proj, args, env, client = setup(tiny_local, "train.epochs=2", ray_address=ray_cluster["address"])
     first = run_train(proj, args, env=env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     (key_dir,) = list((proj / "store" / "ray").iterdir())

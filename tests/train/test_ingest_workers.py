@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
+import os
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -14,7 +17,7 @@ from mlflow import MlflowClient
 from components.checkpoint import load_generator
 from components.data.shards import ShardDataset
 from components.training import ingest
-from tests.train.conftest import REPO, TINY, project_dir, run_train, write_tiny_dataset
+from tests.train.conftest import PY, REPO, TINY, project_dir, run_train, write_tiny_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -64,12 +67,31 @@ def digest(composite) -> str:
     return hashlib.sha256(composite.numpy().tobytes()).hexdigest()
 
 
+def ray_data_parts(uris: list[str], epochs: int) -> dict[str, list[str]]:
+    """In a process of its own (``RAY_ADDRESS`` set; a Ray re-initialized in the test process after another
+    test's local Ray could not place the split coordinator): the composites' digests each of the two
+    ranks reads per epoch, keyed ``"epoch,rank"``."""
+    import ray
+
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    splits = ingest.train_dataset(uris, None, SEED).streaming_split(WORKERS, equal=True)
+
+    def read(epoch: int, rank: int) -> list[str]:
+        batches = ingest.epoch_batches(splits[rank], BATCH, False, SEED, rank, epoch)
+        return [digest(c) for b in batches for c in b["composite"]]
+
+    parts = {}
+    for epoch in range(1, epochs + 1):  # the ranks read an epoch together, as the workers do
+        with ThreadPoolExecutor(WORKERS) as pool:
+            for rank, part in enumerate(pool.map(lambda r, e=epoch: read(e, r), range(WORKERS))):
+                parts[f"{epoch},{rank}"] = part
+    return parts
+
+
 def test_each_worker_reads_its_own_half_of_the_rows_every_epoch(tiny, ray_cluster):
     """What ``ray.train.get_dataset_shard`` hands the two workers (Ray Train's ``streaming_split(2,
     equal=True)`` of the reader's dataset, read through ``ingest.epoch_batches``) beside the shard
     reader's two ranks: both readers give each rank 8 different rows an epoch and all 16 between them."""
-    import ray
-
     ids = {}  # composite digest -> sample_id, and the shard reader's rows per (epoch, rank)
     shard_parts = {}
     for epoch in (1, 2):
@@ -81,21 +103,16 @@ def test_each_worker_reads_its_own_half_of_the_rows_every_epoch(tiny, ray_cluste
             shard_parts[epoch, rank] = [r["sample_id"] for r in rows]
     assert len(ids) == N_TRAIN
 
-    ray.init(address=ray_cluster["address"], runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
-    try:
-        splits = ingest.train_dataset(tiny["train"], None, SEED).streaming_split(WORKERS, equal=True)
-
-        def read(epoch: int, rank: int) -> list[str]:
-            batches = ingest.epoch_batches(splits[rank], BATCH, False, SEED, rank, epoch)
-            return [ids[digest(c)] for b in batches for c in b["composite"]]
-
-        ray_parts = {}
-        for epoch in (1, 2):  # the split's ranks read an epoch together, as the workers do
-            with ThreadPoolExecutor(WORKERS) as pool:
-                for rank, part in enumerate(pool.map(lambda r, e=epoch: read(e, r), range(WORKERS))):
-                    ray_parts[epoch, rank] = part
-    finally:
-        ray.shutdown()
+    out = tiny["proj"] / "ray_data_parts.json"  # not stdout: Ray forwards its workers' lines there too
+    code = (
+        f"import json, pathlib; from {__name__} import ray_data_parts as p; "
+        f"pathlib.Path({str(out)!r}).write_text(json.dumps(p({tiny['train']!r}, 2)))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ray_cluster["address"]}
+    res = subprocess.run([PY, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    digests = json.loads(out.read_text())
+    ray_parts = {tuple(map(int, k.split(","))): [ids[d] for d in v] for k, v in digests.items()}
 
     for parts in (shard_parts, ray_parts):
         for epoch in (1, 2):

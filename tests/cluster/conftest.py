@@ -30,12 +30,8 @@ RAY_PORT_FLAGS = (
 )  # fmt: skip
 REPO = Path(__file__).resolve().parents[2]
 # A private cluster on 127.0.0.1: no token auth. The nodes import this checkout's code (an image
-# built from it, on a real cluster) for the functions a driver outside a job sends them. The head
-# checks its nodes every second (Ray's default: 3 s): a killed node is marked dead after the same five
-# missed checks, 5 s instead of 15 s.
-NODE_ENV = {
-    **RAY_NODE_ENV, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO), "RAY_health_check_period_ms": "1000",
-}  # fmt: skip
+# built from it, on a real cluster) for the functions a driver outside a job sends them.
+NODE_ENV = {**RAY_NODE_ENV, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:

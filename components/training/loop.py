@@ -8,7 +8,9 @@ of the whole training state. Rank 0 alone talks to MLflow.
 
 Fault injection for tests and drills: ``HARMONIZE_FAULT_AFTER_EPOCH=N`` makes the workers raise right
 after epoch N is reported, but only in a worker group that started without a checkpoint, so the
-restarted (or rerun) training goes through.
+restarted (or rerun) training goes through. ``HARMONIZE_PAUSE_AFTER_EPOCH=N`` (same condition) makes them
+wait there until they are stopped: a drill that then kills a node or the driver finds the training
+still running however fast the epochs go, and the restarted (or rerun) training goes through.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
 NONFINITE_METRIC = "nonfinite_steps"  # MLflow: steps skipped so far because a loss was NaN / Inf
 FAULT_ENV = "HARMONIZE_FAULT_AFTER_EPOCH"
+PAUSE_ENV = "HARMONIZE_PAUSE_AFTER_EPOCH"
 
 
 def checkpoint_dir_name(epoch: int, taken: set[str] | frozenset = frozenset()) -> str:
@@ -155,6 +158,7 @@ def train_loop_per_worker(config: dict) -> None:
     train_ds, train_loader, val_loader, steps = make_loaders(config, rank, world)
     total_epochs = t.epochs + t.decay_epochs
     fault_after = int(os.environ.get(FAULT_ENV, "0") or 0)
+    pause_after = int(os.environ.get(PAUSE_ENV, "0") or 0)
     logger = RankZeroLogger(config["tracking_uri"], config["run_id"], enabled=rank == 0)
     progress = Progress(state.epoch + 1, total_epochs, steps, enabled=rank == 0)  # lines on the driver
     status = "FAILED"
@@ -216,6 +220,10 @@ def train_loop_per_worker(config: dict) -> None:
                 ray.train.report(row, checkpoint=ckpt, checkpoint_dir_name=checkpoint_dir_name(epoch, taken))
             if fault_after == epoch and not resumed:
                 raise RuntimeError(f"{FAULT_ENV}={fault_after}: injected failure after epoch {epoch}")
+            if pause_after == epoch and not resumed:
+                log.warning("rank %d: %s=%d: paused after epoch %d until stopped", rank, PAUSE_ENV, epoch, epoch)
+                while True:
+                    time.sleep(1)
         status = "FINISHED"
     finally:
         logger.close(status)

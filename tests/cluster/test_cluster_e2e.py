@@ -18,6 +18,8 @@ import boto3
 import pytest
 from mlflow import MlflowClient
 
+from components.checkpoint import HASH_SUFFIX
+from components.training.loop import PAUSE_ENV, STATE_FILE
 from tests.cluster.conftest import alive_nodes
 from tests.conftest import BIN
 from tests.train.conftest import PY, REPO, TINY, project_dir, write_tiny_dataset
@@ -185,9 +187,10 @@ def test_no_secret_of_the_submitting_machine_in_ray_logs_or_mlflow(
 def test_training_resumes_from_s3_after_losing_the_second_node(
     two_nodes, shared_mlflow, artifact_bucket, tmp_path, monkeypatch
 ):
-    """The second node dies (its whole process group, SIGKILL) after the first checkpoint; a new node joins,
-    as an autoscaler would add one; the job carries on from the S3 checkpoint: every epoch once.
-    Runs last in this module: it changes the cluster."""
+    """The second node dies (its whole process group, SIGKILL) after the first checkpoint, while the
+    workers wait there (``HARMONIZE_PAUSE_AFTER_EPOCH=1``: the loss always lands mid-training, however
+    fast the epochs go); a new node joins, as an autoscaler would add one; the job carries on from the
+    S3 checkpoint: every epoch once. Runs last in this module: it changes the cluster."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
@@ -195,7 +198,8 @@ def test_training_resumes_from_s3_after_losing_the_second_node(
     write_tiny_dataset(root, name="tiny", n_train=16, n_val=4)
     jobs = JobSubmissionClient(two_nodes.dashboard)
     sub_id = f"train-resume-{uuid.uuid4().hex[:6]}"
-    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": shared_mlflow, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}}
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": shared_mlflow, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
+                                PAUSE_ENV: "1"}}  # fmt: skip
     overrides = [*TINY, f"storage.root={root}", "prepare.name=tiny", "train.num_workers=2", "train.epochs=3",
                  "train.max_failures=2"]  # fmt: skip
     submit_job([BIN / "ray", "job", "submit", "--address", two_nodes.dashboard, "--submission-id", sub_id,
@@ -211,7 +215,12 @@ def test_training_resumes_from_s3_after_losing_the_second_node(
             time.sleep(1)
 
     first = "resume-store/ray/"
-    until(lambda: any(k.endswith("epoch_0001/state.pt") for k in keys(artifact_bucket, first)), "checkpoint 1")
+
+    def checkpoint_1() -> bool:  # both of its files (S3 objects appear whole): what the resume will use
+        found = keys(artifact_bucket, first)
+        return all(any(k.endswith(f"epoch_0001/{f}") for k in found) for f in (STATE_FILE, STATE_FILE + HASH_SUFFIX))
+
+    until(checkpoint_1, "checkpoint 1")
     lost = two_nodes.procs[1]
     os.killpg(lost.pid, signal.SIGKILL)  # the node's raylet, object store, workers: gone
     until(lambda: len(alive_nodes(two_nodes.dashboard)) == 1, "the cluster to mark the node dead")

@@ -34,13 +34,14 @@ def steps(client: MlflowClient, run_id: str, metric: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, metric))
 
 
-def test_two_workers_killed_run_resumes_from_its_checkpoint(tiny_local):
+def test_two_workers_killed_run_resumes_from_its_checkpoint(tiny_local, ray_cluster):
+    """Both commands on the session's Ray head (2 CPUs: the two 1-CPU workers), as RAY_ADDRESS."""
     proj, root = tiny_local["proj"], tiny_local["root"]
     db = f"sqlite:///{proj / 'mlflow.db'}"
     args = [*TINY, f"storage.root={root}", "prepare.name=tiny", "train.num_workers=2", "train.epochs=2",
             "train.max_failures=0", "model.generator.head=image", *outputs(proj)]  # fmt: skip
     # (the image head: a transform head starts as the identity and barely moves in 4 tiny steps)
-    env = {"MLFLOW_TRACKING_URI": db}
+    env = {"MLFLOW_TRACKING_URI": db, "RAY_ADDRESS": ray_cluster["address"]}
 
     # First attempt: every worker dies right after epoch 1 is checkpointed; no retries allowed.
     first = run_train(proj, args, env={**env, FAULT: "1"})

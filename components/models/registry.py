@@ -2,6 +2,10 @@
 
 Specs come from ``params.yaml`` (``model.generator`` etc.), so arguments are checked against the
 builder's signature: a typo must fail with the allowed keys listed, never be silently ignored.
+Two keys of a generator spec are not the builder's: ``members`` (several networks of the spec trained
+side by side, their predictions averaged) and ``tta`` (``flip``: average with the mirror image at
+inference); see ensemble.py.
+
 The registry imports the model modules and names their builders here; the model modules never import
 it (no import cycle). ``register`` adds a builder from elsewhere (an experiment, a test).
 """
@@ -16,6 +20,7 @@ from torch import nn
 
 from .dih import dih, dih_rain
 from .discriminators import DomainDiscriminator, GlobalDiscriminator
+from .ensemble import Ensemble, FlipAverage
 from .rainnet import RainNet
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -25,6 +30,10 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "global_d": GlobalDiscriminator,
     "domain_d": DomainDiscriminator,
 }
+
+
+WRAPPER_KEYS = ("members", "tta")
+TTA_MODES = ("none", "flip")
 
 
 def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -53,10 +62,20 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     name = spec["name"]
     if name not in MODELS:
         raise ValueError(f"unknown model name {name!r}; known models: {', '.join(sorted(MODELS))}")
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    kwargs = {k: v for k, v in spec.items() if k not in ("name", *WRAPPER_KEYS)}
     allowed = allowed_arguments(name)
     for key in kwargs:
         if key not in allowed:
-            raise ValueError(f"model {name!r} has no argument {key!r}; allowed: {', '.join(allowed)}")
-    return MODELS[name](**kwargs)
-
+            raise ValueError(
+                f"model {name!r} has no argument {key!r}; allowed: {', '.join(allowed + list(WRAPPER_KEYS))}"
+            )
+    members = spec.get("members", 1)
+    if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+        raise ValueError(f"model {name!r}: members must be a positive integer, got {members!r}")
+    tta = spec.get("tta", "none")
+    if tta not in TTA_MODES:
+        raise ValueError(f"model {name!r}: unknown tta {tta!r}; known: {', '.join(TTA_MODES)}")
+    model = MODELS[name](**kwargs)
+    if members > 1:
+        model = Ensemble([model] + [MODELS[name](**kwargs) for _ in range(members - 1)])
+    return FlipAverage(model) if tta == "flip" else model

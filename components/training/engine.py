@@ -332,7 +332,12 @@ def train_step(state: TrainState, batch: dict, t, device, amp: bool = True) -> d
         _requires_grad((d, dv), False)
 
     state.opt_g.zero_grad(set_to_none=True)
-    loss_l1 = losses.reconstruction_loss(t.loss, out, real, mask, t.fn_min_area)
+    # An ensemble's members are each trained on their own loss (ensemble.py), averaged over the members.
+    members = aux.get("members") if isinstance(aux, dict) else None
+    parts = members or [(out, aux)]
+    loss_l1 = torch.stack(
+        [losses.reconstruction_loss(t.loss, o.float(), real, mask, t.fn_min_area) for o, _ in parts]
+    ).mean()
     g_adv = g_v = None
     if state.gan:
         with autocast(device, amp):
@@ -342,7 +347,9 @@ def train_step(state: TrainState, batch: dict, t, device, amp: bool = True) -> d
     loss_g = losses.generator_objective(loss_l1, g_adv, g_v, t.lambda_adv, t.lambda_v, t.lambda_l1)
     if isinstance(aux, dict) and aux.get("mask_logits") is not None:
         # DIH's segmentation head, trained to predict the foreground mask (no scene-parsing labels).
-        loss_mask = F.binary_cross_entropy_with_logits(aux["mask_logits"].float(), mask)
+        loss_mask = torch.stack(
+            [F.binary_cross_entropy_with_logits(a["mask_logits"].float(), mask) for _, a in parts]
+        ).mean()
         loss_g = loss_g + t.lambda_mask * loss_mask
         logs["loss_mask"] = _f(loss_mask)
     finite = all_finite(loss_g) and "skipped" not in logs

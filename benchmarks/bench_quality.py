@@ -87,6 +87,8 @@ def record(label: str, profile: str, overrides: list[str], train_s: float, folde
         "by_method": ev.get("by_method", {}),
         "val_fmse": _r(tr.get("val_fmse")),
         "val_composite_fmse": _r((tr.get("composite") or {}).get("val_fmse")),
+        "strength": tr.get("strength"),  # train.calibrate: the correction's strength fitted on val
+        "val_fmse_calibrated": _r(tr.get("val_fmse_calibrated")),
         "paper_protocol": {
             "image_size": ev["image_size"],
             "harmonized": overall(paper["harmonized"]),

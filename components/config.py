@@ -131,6 +131,7 @@ class TrainConfig:
     colour_jitter: float = 0.0  # 0..1: one random global colour change per training pair (augment.py)
     identity_fraction: float = 0.0  # share of training composites replaced by their real (leave alone)
     ema_decay: float = 0.0  # > 0: validate and ship an exponential moving average of the weights
+    calibrate: bool = True  # transform heads: fit the correction's strength on the val split (calibrate.py)
     seed: int = 0
     reader: str = "shards"  # training ingest: shards (ShardDataset in the worker) | ray_data (Ray Data)
     num_workers: int = 1
@@ -325,7 +326,10 @@ RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("train", "epochs"): _NOT_NEGATIVE,
     ("train", "decay_epochs"): _NOT_NEGATIVE,
     ("train", "batch_size"): _AT_LEAST_1,
-    ("train", "lr"): (lambda v: 0 < v <= FLOAT32_MAX, "a number greater than 0 that float32 holds (<= 3.4e38)"),
+    ("train", "lr"): (
+        lambda v: 0 < v <= FLOAT32_MAX,
+        "a number greater than 0 that float32 holds (<= 3.4e38)",
+    ),
     ("train", "beta1"): _BETA,
     ("train", "beta2"): _BETA,
     ("train", "num_workers"): _AT_LEAST_1,
@@ -359,7 +363,9 @@ def check_ranges(params: Params) -> Params:
             raise ConfigError(f"{section}.{key}={value!r}: expected {what}")
     t = params.train
     if t.epochs + t.decay_epochs < 1:
-        raise ConfigError(f"train.epochs + train.decay_epochs = {t.epochs + t.decay_epochs}: expected at least 1")
+        raise ConfigError(
+            f"train.epochs + train.decay_epochs = {t.epochs + t.decay_epochs}: expected at least 1"
+        )
     return params
 
 

@@ -63,13 +63,17 @@ class OutputHead(nn.Module):
         super().__init__()
         self.head = check_head(head)
         self.channels = head_channels(head)
+        # A transform head's correction is scaled by this (A = I + s dA, b = s b): 1 while training; the
+        # generator spec's ``strength`` sets it, fitted on the val split after training (calibrate.py).
+        self.strength = 1.0
 
     def transform(self, raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
         """The colour-transform map of a transform head (``None`` for ``image``), in float32."""
         if self.head == "image":
             return None
         raw = raw.float()
-        return pool_foreground(raw, mask) if self.head == "affine" else raw
+        t = pool_foreground(raw, mask) if self.head == "affine" else raw
+        return t if self.strength == 1.0 else t * self.strength
 
     def forward(self, raw: torch.Tensor, composite: torch.Tensor, mask: torch.Tensor):
         """``(prediction before paste-back, transform or None)``; the caller pastes the background back."""

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 RESUMABLE_KEYS = {
     "run_name", "experiment", "epochs", "decay_epochs", "use_gpu", "cpus_per_worker", "gpus_per_worker",
     "max_failures", "log_every_steps", "sample_grid", "checkpoints_to_keep", "amp",
-    "weights_out", "metrics_out", "plots_out", "keep",
+    "weights_out", "metrics_out", "plots_out", "keep", "calibrate",
 }  # fmt: skip
 # Non-secret settings the workers need when they run on other machines (endpoints, region, tracking).
 # Only these go into the Ray runtime env, which Ray writes to world-readable logs and returns from its
@@ -302,7 +302,9 @@ def training_failed(key: str, run_id: str, prior_status: str, exc: Exception) ->
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    reason = next((ln.strip() for ln in str(exc).splitlines() if "not finite" in ln or "non-finite" in ln), "")
+    reason = next(
+        (ln.strip() for ln in str(exc).splitlines() if "not finite" in ln or "non-finite" in ln), ""
+    )
     client.set_tag(run_id, "last_attempt_error", (reason or str(exc).strip().splitlines()[-1])[:500])
     client.set_terminated(run_id, status="FINISHED" if prior_status == "FINISHED" else "FAILED")
     if reason:
@@ -447,12 +449,50 @@ def train(
 # --------------------------------------------------------------------------------------------------
 
 
-def write_outputs(params: Params, res: TrainResult, store: Store) -> dict[str, Any]:
+def calibrate_strength(
+    params: Params, res: TrainResult, model: Any, val_uris: list[str], store: Store
+) -> tuple[dict, dict[str, float]]:
+    """``(spec, summary entries)``: ``train.calibrate`` on a transform head fits the strength of its
+    correction on the val split (calibrate.py) and puts it in the spec; otherwise the spec as trained."""
+    from torch.utils.data import DataLoader
+
+    from components.data.shards import ShardDataset
+    from components.training.calibrate import fit_strength
+
+    if not params.train.calibrate or model.head.head == "image":
+        return res.spec, {}
+    val = ShardDataset(val_uris, store=store, shuffle=False, even=False)
+    strength, table = fit_strength(model, DataLoader(val, batch_size=64, num_workers=0))
+    log.info(
+        "strength %.2f fitted on the val split: val fMSE %.2f (%.2f as trained)",
+        strength,
+        table[strength],
+        table[1.0],
+    )
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    client.log_param(res.run_id, "strength", strength)
+    client.log_metric(res.run_id, "val_fmse_calibrated", table[strength])
+    entries = {"strength": strength, "val_fmse_calibrated": round(table[strength], 6)}
+    return {**res.spec, "strength": strength}, entries
+
+
+def write_outputs(
+    params: Params, res: TrainResult, store: Store, val_uris: list[str] | None = None
+) -> dict[str, Any]:
     """The stage files, through the stage's store: ``train.weights_out`` (also the run's MLflow model),
-    the epochs CSV, the summary JSON (returned) and its headline numbers."""
+    the epochs CSV, the summary JSON (returned) and its headline numbers. With ``val_uris`` a transform
+    head's strength is fitted on them first (``train.calibrate``)."""
     t = params.train
     model = engine.build_model(res.spec)
     model.load_state_dict(res.generator_state, strict=True)
+    spec, calibration = (
+        calibrate_strength(params, res, model, val_uris, store) if val_uris else (res.spec, {})
+    )
+    if spec is not res.spec:
+        model = engine.build_model(spec)
+        model.load_state_dict(res.generator_state, strict=True)
     meta = {
         "run_id": res.run_id,
         "train_key": res.train_key,
@@ -462,7 +502,7 @@ def write_outputs(params: Params, res: TrainResult, store: Store) -> dict[str, A
         "epoch": res.model_epoch,
         "epochs_trained": res.epochs_done,
     }
-    save_generator(t.weights_out, model, res.spec, res.image_size, meta, store)
+    save_generator(t.weights_out, model, spec, res.image_size, meta, store)
     model_uri = log_final_model(res.run_id, t.weights_out, res.image_size, res.model_epoch)
     store.write_bytes(t.plots_out, epochs_csv(res.history))
     out = summary(
@@ -477,6 +517,7 @@ def write_outputs(params: Params, res: TrainResult, store: Store) -> dict[str, A
         image_size=res.image_size,
         checkpoint=res.checkpoint,
         model_epoch=res.model_epoch,
+        **calibration,
     )
     store.write_bytes(t.metrics_out, (json.dumps(out, indent=2, sort_keys=True) + "\n").encode())
     headline.write(headline.path_for(t.metrics_out), headline.train(out), store)
@@ -494,7 +535,7 @@ def run(params: Params) -> dict[str, Any]:
     check_cluster_gpus(params.train)  # before the MLflow run exists: none is left RUNNING
     ingest.check_cpus(params.train)  # train.reader=ray_data: a CPU beside the workers
     res = train(params, inputs=inputs)
-    out = write_outputs(params, res, inputs.store)
+    out = write_outputs(params, res, inputs.store, inputs.val_uris)
     if os.environ.get(FAULT_ENV):
         log.warning("%s is set: fault injection was active", FAULT_ENV)
     return out

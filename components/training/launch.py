@@ -78,12 +78,16 @@ def dataset_name(params: Params) -> str:
     return params.train.dataset or params.prepare.name
 
 
+def local_absolute(uri: str) -> str:
+    """A local path made absolute (``s3://`` as it is): Ray Train runs each worker in a working folder of
+    its own, where a relative path (``storage.root: data/store``) names another folder, so a worker would
+    neither find the checkpoints to resume from nor the names already taken."""
+    return uri if storage.is_s3(uri) else str(Path(uri).absolute())
+
+
 def find_shards(ds: Dataset) -> tuple[list[str], list[str]]:
     """Train and val shards of the published dataset, from its verified manifest (the dataset handle)."""
-    # absolute local paths: Ray Train runs each worker in its own working folder, not this one
-    train, val = (
-        [u if storage.is_s3(u) else str(Path(u).absolute()) for u in ds.uris(s)] for s in ("train", "val")
-    )
+    train, val = ([local_absolute(u) for u in ds.uris(s)] for s in ("train", "val"))
     missing = [s for s, u in (("train", train), ("val", val)) if not u]
     if missing:
         raise UserError(
@@ -398,7 +402,7 @@ def train(
         "store": store,
         "run_id": run_id,
         "tracking_uri": uri,
-        "checkpoint_root": store.uri("ray", key),
+        "checkpoint_root": local_absolute(store.uri("ray", key)),
     }
     prior_status = resume_report(store, loop_config["checkpoint_root"], run_id)
     trainer = make_trainer(params, loop_config, key, callbacks=callbacks, worker_env=worker_env)
@@ -439,7 +443,7 @@ def train(
         spec=gen_spec,
         dataset=dataset_name(params),
         dataset_hash=data_hash,
-        checkpoint=loop_config["checkpoint_root"],
+        checkpoint=store.uri("ray", key),
         tags=run_tags,
     )
 

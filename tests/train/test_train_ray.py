@@ -35,10 +35,12 @@ def steps(client: MlflowClient, run_id: str, metric: str) -> list[int]:
 
 
 def test_two_workers_killed_run_resumes_from_its_checkpoint(tiny_local, ray_cluster):
-    """Both commands on the session's Ray head (2 CPUs: the two 1-CPU workers), as RAY_ADDRESS."""
+    """Both commands on the session's Ray head (2 CPUs: the two 1-CPU workers), as RAY_ADDRESS. The
+    storage root is relative, as in params.yaml (each Ray Train worker runs in a folder of its own)."""
     proj, root = tiny_local["proj"], tiny_local["root"]
+    assert root == str(proj / "store")
     db = f"sqlite:///{proj / 'mlflow.db'}"
-    args = [*TINY, f"storage.root={root}", "prepare.name=tiny", "train.num_workers=2", "train.epochs=2",
+    args = [*TINY, "storage.root=store", "prepare.name=tiny", "train.num_workers=2", "train.epochs=2",
             "train.max_failures=0", "model.generator.head=image", *outputs(proj)]  # fmt: skip
     # (the image head: a transform head starts as the identity and barely moves in 4 tiny steps)
     env = {"MLFLOW_TRACKING_URI": db, "RAY_ADDRESS": ray_cluster["address"]}
@@ -99,6 +101,16 @@ def test_two_workers_killed_run_resumes_from_its_checkpoint(tiny_local, ray_clus
     fg = mask > 0
     assert np.array_equal(out[~fg], composite[~fg])  # background untouched
     assert (out[fg] != composite[fg]).mean() > 0.5  # foreground harmonized
+
+    # The same command once more: the training has finished, so nothing trains again, nothing is logged
+    # twice and no checkpoint is lost.
+    before = {p.name: p.joinpath("state.pt").read_bytes() for p in key_dir.iterdir() if p.is_dir()}
+    third = run_train(proj, args, env=env)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    again = read_json(proj / "metrics" / "train.json")
+    assert (again["run_id"], again["epochs_done"], again["global_step"]) == (run.info.run_id, 2, 4)
+    assert {p.name: p.joinpath("state.pt").read_bytes() for p in key_dir.iterdir() if p.is_dir()} == before
+    assert steps(client, run.info.run_id, "val_fmse") == [1, 2]
 
 
 def test_ray_job_submit_with_s3_checkpoints_and_worker_restart(

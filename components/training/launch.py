@@ -475,8 +475,8 @@ def calibrate_strength(
     )
     from mlflow import MlflowClient
 
-    client = MlflowClient()
-    client.log_param(res.run_id, "strength", strength)
+    client = MlflowClient()  # metrics, not params: a rerun of a finished training fits it again
+    client.log_metric(res.run_id, "strength", strength)
     client.log_metric(res.run_id, "val_fmse_calibrated", table[strength])
     entries = {"strength": strength, "val_fmse_calibrated": round(table[strength], 6)}
     return {**res.spec, "strength": strength}, entries

@@ -91,5 +91,5 @@ def test_the_train_stage_ships_the_fitted_strength(tiny_local, ray_cluster):
     assert info["spec"]["strength"] == summary["strength"] and summary["strength"] in STRENGTHS
     assert summary["val_fmse_calibrated"] <= summary["val_fmse"] * 1.001
     run = MlflowClient(db).get_run(summary["run_id"])
-    assert float(run.data.params["strength"]) == summary["strength"]
+    assert run.data.metrics["strength"] == summary["strength"]
     assert run.data.metrics["val_fmse_calibrated"] == pytest.approx(summary["val_fmse_calibrated"])

@@ -131,7 +131,7 @@ class TrainConfig:
     colour_jitter: float = 0.0  # 0..1: one random global colour change per training pair (augment.py)
     identity_fraction: float = 0.0  # share of training composites replaced by their real (leave alone)
     ema_decay: float = 0.0  # > 0: validate and ship an exponential moving average of the weights
-    calibrate: bool = True  # transform heads: fit the correction's strength on the val split (calibrate.py)
+    calibrate: bool = False  # transform heads: fit the correction's strength on the val split (calibrate.py)
     seed: int = 0
     reader: str = "shards"  # training ingest: shards (ShardDataset in the worker) | ray_data (Ray Data)
     num_workers: int = 1

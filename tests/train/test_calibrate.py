@@ -80,7 +80,7 @@ def test_the_train_stage_ships_the_fitted_strength(tiny_local, ray_cluster):
 
     proj, root = tiny_local["proj"], tiny_local["root"]
     db = f"sqlite:///{proj / 'mlflow.db'}"
-    args = [*TINY, f"storage.root={root}", "prepare.name=tiny", "train.epochs=2", "train.lr=0.01",
+    args = [*TINY, f"storage.root={root}", "prepare.name=tiny", "train.epochs=2", "train.lr=0.01", "train.calibrate=true",
             "model.generator.head=affine", f"train.weights_out={proj / 'generator.pt'}",
             f"train.metrics_out={proj / 'train.json'}", f"train.plots_out={proj / 'epochs.csv'}"]  # fmt: skip
     res = run_train(proj, args, env={"MLFLOW_TRACKING_URI": db, "RAY_ADDRESS": ray_cluster["address"]})

@@ -420,7 +420,23 @@ def log_dataset_input(
 
     client = client or MlflowClient()
     entity = dataset_entity(name, digest, source, profile)
-    client.log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", context)])])
+    inputs = [DatasetInput(entity, [InputTag("mlflow.data.context", context)])]
+    try:
+        client.log_inputs(run_id, inputs)
+    except MlflowException as e:
+        # Two runs logging the same new dataset at once (Ray Tune trials, two trainings) race to insert
+        # its row, unique per (experiment, name, digest): the loser's transaction rolls back with an
+        # integrity error. The row exists now, so a second try only links it to this run.
+        if not is_unique_violation(e):
+            raise
+        log.info("dataset %s was being logged by another run at the same time; linking it", name)
+        client.log_inputs(run_id, inputs)
+
+
+def is_unique_violation(error: Exception) -> bool:
+    """A tracking store's integrity error on a unique key (SQLite, PostgreSQL, MySQL wording)."""
+    text = str(error).lower()
+    return "unique constraint" in text or "duplicate entry" in text or "duplicate key" in text
 
 
 # Overall test metrics copied onto the training run: the model's and the composite's (the baseline).

@@ -254,3 +254,31 @@ def test_what_a_training_run_shows_in_the_ui(project, tmp_path):
     run = client.get_run(run_id)
     assert run.data.metrics["test_fmse"] == 200.0 and run.data.metrics["test_composite_fmse"] == 400.0
     assert run.data.tags["test_set"] == "ts1" and run.data.tags["eval_run_id"] == "e1"
+
+
+def test_two_runs_logging_one_new_dataset_at_once_both_get_it(project):
+    """Ray Tune trials started together log the same new dataset: the one that loses the race to
+    insert it (unique per experiment, name and digest) links the row the other wrote. The race is made
+    exact here: the other run's insert is committed right before this run's insert runs."""
+    from sqlalchemy import event
+
+    T.configure()
+    client = MlflowClient()
+    exp = T.get_or_create_experiment("harmonization-ablation", client)
+    mine, other = (client.create_run(exp.experiment_id).info.run_id for _ in range(2))
+    engine = client._tracking_client.store.engine
+    raced = []
+
+    def other_run_wins(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("INSERT INTO DATASETS") and not raced:
+            raced.append(statement)
+            T.log_dataset_input(other, "tiny", "a" * 64, str(project), client=MlflowClient())
+
+    event.listen(engine, "before_cursor_execute", other_run_wins)
+    try:
+        T.log_dataset_input(mine, "tiny", "a" * 64, str(project), client=client)
+    finally:
+        event.remove(engine, "before_cursor_execute", other_run_wins)
+    assert raced, "the store never inserted the dataset: the race was not exercised"
+    inputs = [client.get_run(r).inputs.dataset_inputs for r in (mine, other)]
+    assert [[(d.dataset.name, d.dataset.digest) for d in i] for i in inputs] == [[("tiny", "a" * 36)]] * 2

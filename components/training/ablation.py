@@ -45,6 +45,7 @@ from components.models.registry import allowed_arguments, build_model
 from components.storage import Store
 from components.training import launch, remote
 from components.training.loop import FAULT_ENV
+from components.training.mlflow_logging import training_dataset
 from components.training.preflight import check_cluster_gpus, check_local_gpus
 
 log = logging.getLogger(__name__)
@@ -282,6 +283,10 @@ def find_or_create_parent(params: Params, key: str, variants: list[Variant], dat
     tags.update({SWEEP_TAG: key, "placement": "sweep", "variants": str(len(variants))})
     if run is None:
         run_id = client.create_run(exp.experiment_id, run_name=sweep_name(params), tags=tags).info.run_id
+        # The sweep's data as the parent's input, logged before any trial starts: the concurrent trials
+        # then link the experiment's existing dataset instead of racing to insert it.
+        dataset = training_dataset(params, launch.dataset_name(params), data_hash)
+        tracking.log_dataset_input(run_id, client=client, context="training", **dataset)
     else:
         run_id = run.info.run_id
         client.update_run(run_id, status="RUNNING")

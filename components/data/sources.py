@@ -26,7 +26,7 @@ import numpy as np
 
 from components import storage
 from components.data import iharmony4
-from components.data.images import InputError
+from components.data.images import InputError, fit_within
 from components.storage import Store
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -196,11 +196,10 @@ def builtin_photo(name: str) -> np.ndarray:
     (train) or 256 px (test), and the cache then holds ~3 MB a photo, not the 17 MB of a 1920x2880 one."""
     img = np.asarray(BUILTIN_PHOTOS[name][2](), dtype=np.uint8)[..., :3]
     h, w = img.shape[:2]
-    if max(h, w) > BUILTIN_MAX_SIDE:
+    size = fit_within(w, h, BUILTIN_MAX_SIDE)
+    if size != (w, h):
         from PIL import Image
 
-        f = BUILTIN_MAX_SIDE / max(h, w)
-        size = (max(1, round(w * f)), max(1, round(h * f)))
         img = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BOX))
     return img
 

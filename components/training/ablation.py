@@ -515,6 +515,39 @@ def init_ray(params: Params, probe: Params) -> None:
     )
 
 
+TRAIN_ACTORS = ("TrainController", "RayTrainWorker")  # Train V2's actors: a trial's controller, its workers
+
+
+def wait_for_train_actors(timeout_s: float = 300.0) -> int:
+    """Block until this job's Ray Train actors have exited; returns how many were still alive at the end.
+
+    When ASHA stops a trial, Tune kills the trial's actor and Ray tears down the Train controller and
+    workers it owned asynchronously: ``tuner.fit()`` can return while a worker still trains and logs
+    another epoch to MLflow, after the table was read from the runs. Waiting here keeps the table and
+    the runs in agreement. Without Ray's state API (no dashboard) it only warns.
+    """
+    import ray
+    from ray.util.state import list_actors
+
+    job = ray.get_runtime_context().get_job_id()
+    filters = [("job_id", "=", job), ("state", "!=", "DEAD")]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            actors = list_actors(filters=filters, limit=10000)
+            alive = [a for a in actors if a.class_name.rsplit(".", 1)[-1] in TRAIN_ACTORS]
+        except Exception as e:  # noqa: BLE001 (the state API is optional: a cluster without a dashboard)
+            log.warning("cannot list Ray actors (%s); a stopped trial may still log an epoch", e)
+            return 0
+        if not alive:
+            return 0
+        if time.monotonic() > deadline:
+            log.warning("%d Ray Train actors still alive %.0f s after the sweep", len(alive), timeout_s)
+            return len(alive)
+        log.debug("waiting for %d Ray Train actors of finished trials to exit", len(alive))
+        time.sleep(0.5)
+
+
 def _first_line(text: str, limit: int = 160) -> str:
     for line in reversed(str(text).strip().splitlines()):
         if "Error" in line or "error" in line:
@@ -691,6 +724,7 @@ def _tune(
         ),
     )
     grid = tuner.fit()
+    wait_for_train_actors()
     errors: dict[str, str] = {}
     stopped: set[str] = set()
     total = probe.train.epochs + probe.train.decay_epochs

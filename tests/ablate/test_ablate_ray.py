@@ -158,3 +158,52 @@ def test_asha_sweep_reports_stopped_trials_consistently(tiny_local):
     assert {v: r["status"] for v, r in read_csv(reports / "ablation.csv").items()} == {
         v: r["status"] for v, r in rows.items()
     }
+
+
+def test_the_sweep_waits_for_a_stopped_trials_train_actors(ray_cluster):
+    """``wait_for_train_actors``, what ``_tune`` calls after ``tuner.fit()``: when ASHA stops a trial, Ray
+    kills the trial's actor and the Train actors it owns die after it, asynchronously; the table must be
+    read only once they are gone, or a worker logs another epoch to a run already reported STOPPED.
+
+    Real actors on the session's Ray head, owned the way Tune owns Train's: a trial actor creates an
+    actor of Train's worker class. While it lives the wait gives up at its timeout and says so; once its
+    owner is killed the wait returns with nothing left alive; actors of other classes never block it.
+    """
+    import ray
+    from ray.util.state import list_actors
+
+    from components.training.ablation import wait_for_train_actors
+
+    ray.init(address=ray_cluster["address"], logging_level="ERROR")
+    try:
+
+        @ray.remote(num_cpus=0)
+        class RayTrainWorker:  # the name Ray Train V2 gives its workers
+            def pid(self) -> int:
+                return os.getpid()
+
+        @ray.remote(num_cpus=0)
+        class Trial:
+            def start(self) -> str:
+                self.worker = RayTrainWorker.remote()
+                ray.get(self.worker.pid.remote())
+                return self.worker._actor_id.hex()
+
+        @ray.remote(num_cpus=0)
+        class Other:
+            def ping(self) -> int:
+                return 1
+
+        other = Other.remote()
+        ray.get(other.ping.remote())
+        trial = Trial.remote()
+        worker_id = ray.get(trial.start.remote())
+        assert wait_for_train_actors(timeout_s=1) == 1  # alive: the wait gives up, it does not hang
+
+        ray.kill(trial)
+        assert wait_for_train_actors() == 0  # the worker died with its owner; `other` did not block
+        (worker,) = list_actors(filters=[("actor_id", "=", worker_id)])
+        assert worker.state == "DEAD"
+        ray.kill(other)
+    finally:
+        ray.shutdown()

@@ -17,6 +17,7 @@ the tracking store, which ``register`` copies onto the version); ``load_context`
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import numpy as np
@@ -24,13 +25,32 @@ import torch
 
 from components.checkpoint import HASH_TAG, MLFLOW_ARTIFACT
 
+if TYPE_CHECKING:
+    from components.predictor import Predictor
+
 ARTIFACT_KEY = "generator"
 HASH_KEY = HASH_TAG  # model_config key, run tag and registered-version tag
 ENTRY_FILE = Path(__file__).resolve().with_name("pyfunc_entry.py")
 MODEL_NAME = "model"  # artifact path / logged-model name inside the training run
 
 
-class GeneratorModel(mlflow.pyfunc.PythonModel):
+class _Harmonize:
+    """``predict``, kept off ``GeneratorModel`` itself: MLflow 3 inspects the ``predict`` a PythonModel
+    subclass defines for a type hint to validate inputs against and, finding none, warns on every log and
+    load. This model's input, a dict of uint8 arrays, is one MLflow's type hints cannot express (they take
+    lists, DataFrames and pydantic models); the tensor signature (``signature()``) says it instead."""
+
+    predictor: Predictor
+
+    def predict(self, context, model_input, params=None):
+        """The same ``Predictor`` as ``harmonize`` and ``evaluate``: each image at its native size."""
+        from components import serving_io  # the input contract, shared with the served model's clients
+
+        composite, mask = serving_io.parse_input(model_input)
+        return serving_io.format_output(self.predictor.predict_batch(composite, mask))
+
+
+class GeneratorModel(_Harmonize, mlflow.pyfunc.PythonModel):
     """pyfunc wrapper: loads the generator file from the model's artifacts, harmonizes uint8 arrays."""
 
     def load_context(self, context):
@@ -43,13 +63,6 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
             raise CheckpointError(f"{path}: sha256 does not match the {expected[:12]}... recorded when the "
                                   "model was logged; refusing to load it")  # fmt: skip
         self.predictor = Predictor.from_uri(path)
-
-    def predict(self, context, model_input, params=None):
-        """The same ``Predictor`` as ``harmonize`` and ``evaluate``: each image at its native size."""
-        from components import serving_io  # the input contract, shared with the served model's clients
-
-        composite, mask = serving_io.parse_input(model_input)
-        return serving_io.format_output(self.predictor.predict_batch(composite, mask))
 
 
 def signature():

@@ -43,7 +43,7 @@ from components.config import Params
 from components.models.rainnet import PLACEMENTS, num_blocks_for, resolve_placement, slot_map
 from components.models.registry import allowed_arguments, build_model
 from components.storage import Store
-from components.training import launch, remote
+from components.training import launch, quiet, remote
 from components.training.loop import FAULT_ENV
 from components.training.mlflow_logging import training_dataset
 from components.training.preflight import check_cluster_gpus, check_local_gpus
@@ -584,6 +584,7 @@ def run(params: Params, command: str = "python -m pipeline.ablate") -> dict[str,
         launch.check_inputs(per_variant[v.id])
     probe = per_variant[variants[0].id]
     epochs = probe.train.epochs + probe.train.decay_epochs
+    quiet.driver(local_ray=not os.environ.get("RAY_ADDRESS"))  # before Ray starts, as the train stage
     if probe.train.use_gpu:  # before the parent MLflow run exists: a missing GPU leaves nothing RUNNING
         check_local_gpus(probe.train, "ablate")
         init_ray(params, probe)

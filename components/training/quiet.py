@@ -16,7 +16,11 @@ keeps its value (``MLFLOW_LOGGING_LEVEL=INFO python -m pipeline.train`` brings M
   alone does not hold: importing MLflow sets its logger's level again, from that variable.)
 - ``train.reader=ray_data``: Ray Data's progress bars and per-epoch execution lines, off on the
   dataset's own context (:func:`ray_dataset`).
-- On a Ray this stage starts itself (no ``RAY_ADDRESS``): no preemption watcher
+- On a Ray this stage starts itself (no ``RAY_ADDRESS``): token authentication asked for by name
+  (``RAY_AUTH_MODE=token``). Ray 2.60 turns it on for a new local Ray anyway and then warns on every
+  start that it did ("Token authentication is enabled ... Set RAY_AUTH_MODE=disabled to opt out"); a
+  mode set explicitly is respected without that line, and authentication stays on.
+- On a Ray this stage starts itself: no preemption watcher
   (``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0``). It watches for an autoscaler draining a node, which a
   local Ray has not, and its creation printed an error-level line from Ray's core worker (the actor's
   constructor arguments, ray-project/ray#53727) in every training.
@@ -29,7 +33,10 @@ import os
 
 MLFLOW_ENV = {"MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 WORKER_ENV = {**MLFLOW_ENV, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}  # read by the Train controller (driver env)
+LOCAL_RAY_ENV = {
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # read by the Train controller (driver env)
+    "RAY_AUTH_MODE": "token",  # Ray's default for a local Ray, said explicitly: no warning on each start
+}
 TRAIN_LOG_LEVEL = "WARNING"
 
 

@@ -88,6 +88,7 @@ def run_train(cwd: Path, overrides: list[str], env: dict | None = None, timeout:
         cmd += ["-S", o]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0",
                 "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1", **(env or {})}  # fmt: skip
+    full_env = {k: v for k, v in full_env.items() if v is not None}  # None in ``env``: unset that variable
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -5,12 +5,15 @@ shared lalonde set (fixture ``lalonde``, skipped when absent) is an extra tier f
 
 from __future__ import annotations
 
+import contextlib
+import os
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.conftest import mlflow_uris_kept
 from tests.serve import helpers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,30 +108,43 @@ def _samples(generator: dict, photos: Path):
     return comps, masks, to_uint8(out).permute(0, 2, 3, 1).numpy(), reals
 
 
-@pytest.fixture(scope="session")
-def tracked(mlflow_server, generators, photos, tmp_path_factory) -> dict:
-    """The three generators as MLflow training runs on the real server; yields their run ids."""
-    import os
-
+@contextlib.contextmanager
+def on_server(uri: str):
+    """MLflow's tracking and registry URIs (and the variables they export) on ``uri`` inside the block,
+    as they were after it: a session fixture that left them set would point every later test, of any
+    module, at this server (a test that sets only the tracking URI would register models there)."""
     import mlflow
 
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server
-    mlflow.set_tracking_uri(mlflow_server)
-    mlflow.set_registry_uri(mlflow_server)
+    with mlflow_uris_kept():
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        yield
+
+
+@pytest.fixture(scope="session")
+def tracked(mlflow_server, generators, photos, tmp_path_factory) -> dict:
+    """The three generators as MLflow training runs on the real server; yields their run ids. A test
+    that asks for it runs with MLflow pointed at that server (``_on_tracking_server``)."""
     tmp = tmp_path_factory.mktemp("runs")
     tag = uuid.uuid4().hex[:6]
-    try:
+    with on_server(mlflow_server):
         runs = {
             label: log_training_run(gen, "harmonization-train", f"builtin-{label}-{tag}", tmp, photos)
             for label, gen in generators.items()
         }
-        yield {"uri": mlflow_server, "runs": runs, "tag": tag}
-    finally:
-        if saved is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
+    return {"uri": mlflow_server, "runs": runs, "tag": tag}
+
+
+@pytest.fixture(autouse=True)
+def _on_tracking_server(request):
+    """Tests of the tracked runs (``runs:/`` URIs, the registry) talk to the server they were logged on;
+    the root conftest's ``_mlflow_uris`` puts MLflow back after each."""
+    if "tracked" not in request.fixturenames:
+        yield
+        return
+    with on_server(request.getfixturevalue("tracked")["uri"]):
+        yield
 
 
 def run_stage(main, *overrides: str) -> None:
@@ -143,13 +159,21 @@ def run_stage(main, *overrides: str) -> None:
 def registry_flow(tracked, test_subset, tmp_path_factory) -> dict:
     """evaluate + register, in the order a team would meet them: a weak model first, then the same run
     again, then a strong model, then an untrained one. Yields every step's register.json."""
-    import json
 
-    from pipeline import evaluate, register
 
     name = f"rainnet-{tracked['tag']}"
     tmp = tmp_path_factory.mktemp("registry")
     steps = {}
+    with on_server(tracked["uri"]):
+        _register_steps(name, tracked, test_subset, tmp, steps)
+    return {"name": name, "steps": steps, **tracked}
+
+
+def _register_steps(name: str, tracked: dict, test_subset, tmp, steps: dict) -> None:
+    import json
+
+    from pipeline import evaluate, register
+
     for step, label in (("first", "weak"), ("again", "weak"), ("better", "strong"), ("worse", "untrained")):
         out = tmp / step
         run_stage(
@@ -174,4 +198,3 @@ def registry_flow(tracked, test_subset, tmp_path_factory) -> dict:
             "eval": json.loads((out / "eval.json").read_text()),
             "card": (out / "model_card.md").read_text(),
         }
-    return {"name": name, "steps": steps, **tracked}

@@ -18,7 +18,7 @@ from components.predictor import Predictor
 from pipeline import evaluate
 from pipeline import harmonize as cli
 from tests.serve import helpers
-from tests.serve.conftest import REPO, log_training_run, run_stage
+from tests.serve.conftest import REPO, log_training_run, on_server, run_stage
 
 PARAMS = str(REPO / "params.yaml")
 WIDTH, HEIGHT = 300, 200  # not the network's size, not square: the full-resolution path
@@ -64,9 +64,10 @@ def pct_run(tracked, tmp_path_factory) -> str:
         layer.weight.normal_(0.0, 0.05)
         layer.bias.normal_(0.0, 0.2)
     gen = {"spec": spec, "model": model.eval(), "steps": 0}
-    return log_training_run(
-        gen, "harmonization-train", f"pct-{tracked['tag']}", tmp_path_factory.mktemp("pct")
-    )
+    with on_server(tracked["uri"]):
+        return log_training_run(
+            gen, "harmonization-train", f"pct-{tracked['tag']}", tmp_path_factory.mktemp("pct")
+        )
 
 
 @pytest.mark.parametrize("head", ["image", "pct"])

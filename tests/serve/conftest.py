@@ -159,42 +159,36 @@ def run_stage(main, *overrides: str) -> None:
 def registry_flow(tracked, test_subset, tmp_path_factory) -> dict:
     """evaluate + register, in the order a team would meet them: a weak model first, then the same run
     again, then a strong model, then an untrained one. Yields every step's register.json."""
+    import json
 
+    from pipeline import evaluate, register
 
     name = f"rainnet-{tracked['tag']}"
     tmp = tmp_path_factory.mktemp("registry")
     steps = {}
     with on_server(tracked["uri"]):
-        _register_steps(name, tracked, test_subset, tmp, steps)
+        for step, label in (("first", "weak"), ("again", "weak"), ("better", "strong"), ("worse", "untrained")):
+            out = tmp / step
+            run_stage(
+                evaluate.main,
+                f"evaluate.model=runs:/{tracked['runs'][label]}/model",
+                f"evaluate.data={test_subset}",
+                f"evaluate.per_image_out={out / 'eval.csv'}",
+                f"evaluate.summary_out={out / 'eval.json'}",
+                f"evaluate.summary_md={out / 'eval.md'}",
+                f"evaluate.showcase_out={out / 'showcase.png'}",
+            )
+            run_stage(
+                register.main,
+                f"register.model_name={name}",
+                f"register.eval_in={out / 'eval.json'}",
+                f"register.out={out / 'register.json'}",
+                f"register.card_out={out / 'model_card.md'}",
+                "register.beat_composite=false",  # this flow checks the champion-vs-challenger rule alone
+            )
+            steps[step] = {
+                "register": json.loads((out / "register.json").read_text()),
+                "eval": json.loads((out / "eval.json").read_text()),
+                "card": (out / "model_card.md").read_text(),
+            }
     return {"name": name, "steps": steps, **tracked}
-
-
-def _register_steps(name: str, tracked: dict, test_subset, tmp, steps: dict) -> None:
-    import json
-
-    from pipeline import evaluate, register
-
-    for step, label in (("first", "weak"), ("again", "weak"), ("better", "strong"), ("worse", "untrained")):
-        out = tmp / step
-        run_stage(
-            evaluate.main,
-            f"evaluate.model=runs:/{tracked['runs'][label]}/model",
-            f"evaluate.data={test_subset}",
-            f"evaluate.per_image_out={out / 'eval.csv'}",
-            f"evaluate.summary_out={out / 'eval.json'}",
-            f"evaluate.summary_md={out / 'eval.md'}",
-            f"evaluate.showcase_out={out / 'showcase.png'}",
-        )
-        run_stage(
-            register.main,
-            f"register.model_name={name}",
-            f"register.eval_in={out / 'eval.json'}",
-            f"register.out={out / 'register.json'}",
-            f"register.card_out={out / 'model_card.md'}",
-            "register.beat_composite=false",  # this flow checks the champion-vs-challenger rule alone
-        )
-        steps[step] = {
-            "register": json.loads((out / "register.json").read_text()),
-            "eval": json.loads((out / "eval.json").read_text()),
-            "card": (out / "model_card.md").read_text(),
-        }

@@ -62,8 +62,8 @@ def write_builtin_photos(
 ) -> Path:
     """``root/photos/pNN.jpg`` + ``root/masks/pNN.png``: square crops of the first ``photos`` builtin
     photos (the ones prepare's ``builtin`` source uses) with an object mask each
-    (``components.data.masks``). The same layout as the shared lalonde set, so every helper here reads both. ``pNN`` runs over photos first,
-    then crops: the first dozen ids are a dozen different scenes. At 512 (upscaled where a crop is
+    (``components.data.masks``). The same layout as the shared lalonde set, so every helper here reads
+    both. ``pNN`` runs over photos first, then crops: the first dozen ids are a dozen different scenes. At 512 (upscaled where a crop is
     smaller) the photos keep detail for the full-resolution harmonize tests."""
     from components.data import masks, sources
 

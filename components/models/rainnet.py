@@ -1,6 +1,7 @@
 """The RainNet generator (RAINNET.md section 2): a pix2pix U-Net whose 14 normalization slots are IN or RAIN.
 
-Layout. The U-Net is a stack of ``n = log2(image_size)`` blocks (256 -> 8). Block ``k`` (1 = outermost)
+Layout. The U-Net is a stack of ``n`` blocks, ``depth`` (default ``log2(image_size)``: 256 -> 8; the
+authors' network keeps 8 at any input, so their 512 model has a 2x2 bottleneck). Block ``k`` (1 = outermost)
 holds encoder conv ``e_k`` (stride 2) and decoder transposed conv ``d_k``; its channel width is
 ``ngf * min(2**(k-1), 8)``. ``e_1`` and the output layer ``d_1`` have no normalization, the innermost
 encoder conv ``e_n`` has none either (slot 7 exists only for symmetry), and dropout follows the
@@ -8,7 +9,7 @@ normalization of the three 8*ngf decoder blocks next to the innermost one (when 
 Attention blocks ``sigmoid(conv1x1(F)) * F`` act on the outputs of blocks 4, 3 and 2 (encoder and
 decoder features concatenated: 8, 4 and 2 * ngf channels), the three outermost decoder levels.
 
-Slots at sizes other than 256. Table 1's slots are tied to depth from the image, not to spatial size,
+Slots at other depths. Table 1's slots are tied to depth from the image, not to spatial size,
 because the paper's findings are about low-level (outermost) versus inner features:
 
 * slots 1, 2, 3 and 14, 13, 12 are always blocks 2, 3, 4 (the channel-growing outer blocks);
@@ -21,6 +22,10 @@ So at the laptop size 64x64 a placement string keeps its meaning for the outer l
 RAIN-1..4, the outer half of RAIN-5/6) and only the letters of the missing inner slots are ignored.
 Inputs must be at least 32x32 (5 blocks) and square powers of two at construction; at run time any
 H and W that are multiples of ``image_size_multiple`` (2**n) work.
+
+``skip_activation``: the authors' code concatenates each skip after the next encoder's LeakyReLU (an
+in-place activation of pix2pix's U-Net rewrites the stored encoder output); off by default, so models
+trained here keep their behaviour, on for imported authors' checkpoints (``authors_keys.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .heads import OutputHead, head_channels, mark_zero_init
@@ -78,6 +84,14 @@ def num_blocks_for(image_size: int) -> int:
     if not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE or image_size & (image_size - 1):
         raise ValueError(f"image_size must be a power of two >= {MIN_IMAGE_SIZE}, got {image_size!r}")
     return int(math.log2(image_size))
+
+
+def check_depth(depth: int, image_size: int) -> int:
+    """An explicit depth: 5 .. log2(image_size) blocks (the bottleneck is at least 1x1)."""
+    most = num_blocks_for(image_size)
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 5 <= depth <= most:
+        raise ValueError(f"depth must be an integer in 5..{most} for image_size {image_size}, got {depth!r}")
+    return depth
 
 
 def slot_map(n: int) -> dict[int, tuple[int | None, int]]:
@@ -167,7 +181,8 @@ def paste_back(pred: torch.Tensor, composite: torch.Tensor, mask: torch.Tensor) 
 class RainNet(nn.Module):
     """RainNet U-Net generator. ``forward(composite, mask, return_aux=False)`` -> pasted image (B, 3, H, W).
 
-    ``head`` (``image``, ``affine``, ``pct``; ``heads.py``) says what the last layer predicts.
+    ``head`` (``image``, ``affine``, ``pct``; ``heads.py``) says what the last layer predicts;
+    ``depth`` the number of blocks (None: from ``image_size``).
     """
 
     def __init__(
@@ -179,6 +194,8 @@ class RainNet(nn.Module):
         attention: bool = True,
         dropout: bool = True,
         head: str = "image",
+        depth: int | None = None,
+        skip_activation: bool = False,
     ):
         super().__init__()
         self.head = OutputHead(head)
@@ -189,7 +206,9 @@ class RainNet(nn.Module):
         self.placement = resolve_placement(placement)
         self.placement_name = next((k for k, v in PLACEMENTS.items() if v == self.placement), self.placement)
         self.ngf, self.input_nc, self.image_size = ngf, input_nc, image_size
-        n = self.num_blocks = num_blocks_for(image_size)
+        n = num_blocks_for(image_size) if depth is None else check_depth(depth, image_size)
+        self.num_blocks = n
+        self.skip_activation = bool(skip_activation)
         self.image_size_multiple = 2**n
         slots = slot_map(n)
         width = [input_nc] + [ngf * min(2 ** (k - 1), 8) for k in range(1, n + 1)]  # width[k] = C_k
@@ -237,7 +256,8 @@ class RainNet(nn.Module):
         for k in range(n, 0, -1):
             y = self.decoders[k - 1](y, pyramid)
             if k > 1:
-                y = torch.cat([skips[k - 2], y], 1)  # block k's output
+                skip = F.leaky_relu(skips[k - 2], 0.2) if self.skip_activation else skips[k - 2]
+                y = torch.cat([skip, y], 1)  # block k's output
                 if str(k) in self.attention:
                     y = self.attention[str(k)](y)
         pred, transform = self.head(y, composite, mask)

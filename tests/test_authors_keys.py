@@ -52,7 +52,9 @@ def test_every_tensor_lands_on_its_own_layer():
     for their_key, my_key in pairs:
         assert torch.equal(state[my_key], theirs[their_key]), their_key
     # Their published placement: RAIN in the decoder (slots 8-14), IN elsewhere.
-    assert "model_layer13norm.foreground_gamma" in layout and "model_layer1norm.foreground_gamma" not in layout
+    assert (
+        "model_layer13norm.foreground_gamma" in layout and "model_layer1norm.foreground_gamma" not in layout
+    )
     assert model.placement == PLACEMENTS["rain-decoder"]
 
 
@@ -99,7 +101,9 @@ def test_depth_apart_from_size_keeps_eight_blocks_at_512():
     assert default512.num_blocks == 9  # no depth: log2(size), as before
     # Table 1's slots are counted from the outermost block: the same layers at 256 and at 512 / depth 8.
     at256 = RainNet(ngf=2, image_size=256)
-    assert {s: len(v) for s, v in net.slot_layers().items()} == {s: len(v) for s, v in at256.slot_layers().items()}
+    assert {s: len(v) for s, v in net.slot_layers().items()} == {
+        s: len(v) for s, v in at256.slot_layers().items()
+    }
     x, m = torch.rand(1, 3, 512, 512) * 2 - 1, torch.zeros(1, 1, 512, 512)
     m[..., 100:300, 150:400] = 1
     feats = []

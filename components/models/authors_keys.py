@@ -108,7 +108,9 @@ def convert(
     floating-point tensor, not finite, or not part of the layout at all.
     """
     if not isinstance(state, Mapping):
-        raise AuthorsCheckpointError(f"holds a {type(state).__name__}, not a state dict (a mapping of tensors)")
+        raise AuthorsCheckpointError(
+            f"holds a {type(state).__name__}, not a state dict (a mapping of tensors)"
+        )
     expected = authors_layout(ngf, input_nc, placement)
     first = "model_layer0.weight"
     if first not in state:
@@ -126,7 +128,9 @@ def convert(
     out: dict[str, torch.Tensor] = {}
     for key, shape in expected.items():
         if key not in state:
-            raise AuthorsCheckpointError(f"missing key {key!r} (expected shape {shape}, placement {placement})")
+            raise AuthorsCheckpointError(
+                f"missing key {key!r} (expected shape {shape}, placement {placement})"
+            )
         t = state[key]
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             raise AuthorsCheckpointError(f"key {key!r}: not a floating-point tensor ({type(t).__name__})")

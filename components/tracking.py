@@ -179,6 +179,11 @@ EXPERIMENT_NOTES = {
         "Ablation sweeps (RAIN placements x heads): one parent run per sweep with the table and "
         "figures, one child training run per variant."
     ),
+    "harmonization-import": (
+        "Imported published checkpoints (python -m pipeline.import_model): one run per file and size, "
+        "params source_format, file_sha256, ngf, depth, image_size; the generator logged as the model "
+        "and registered (tag source=authors). After `evaluate`, the same `test_*` metrics as a training run."
+    ),
 }
 
 

@@ -22,6 +22,7 @@ from tests.serve import helpers
 from tests.serve.conftest import on_server, run_stage
 from tests.test_authors_keys import committed_table, random_state
 
+pytestmark = pytest.mark.slow  # a real MLflow server, a 54.8M-parameter generator logged and registered
 TAG = uuid.uuid4().hex[:6]
 
 

@@ -15,15 +15,20 @@ The work is ``components.authors_import``.
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from components.cli import add_tracking_uri, base_parser, run_cli
+from components.cli import add_tracking_uri, plain, run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = base_parser(__doc__, "python -m pipeline.import_model")
+    parser = argparse.ArgumentParser(  # no params.yaml: everything it needs is on the command line
+        prog="python -m pipeline.import_model",
+        description=plain(__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("path", metavar="PATH", help="the checkpoint file (local path or s3://)")
     parser.add_argument("--format", required=True, choices=["rainnet-authors"], help="what the file is")
     parser.add_argument(

@@ -89,11 +89,28 @@ def _stem(path: str) -> str:
     return posixpath.basename(path).rsplit(".", 1)[0]
 
 
+def refuse_existing(targets: list[str], output: str, store: Store) -> None:
+    """``UserError`` naming the outputs that already exist (``--overwrite`` replaces them)."""
+    there = [t for t in targets if store.exists(t)]
+    if there:
+        more = f" and {len(there) - 1} more" if len(there) > 1 else ""
+        raise UserError(
+            f"-o {output}: {there[0]}{more} already exist{'s' if len(there) == 1 else ''}; "
+            "pass --overwrite to replace, or choose another output"
+        )
+
+
 def harmonize_pair(
-    comp: str, mask: str, output: str, cfg: HarmonizeConfig, tracking_uri: str | None = None
+    comp: str,
+    mask: str,
+    output: str,
+    cfg: HarmonizeConfig,
+    tracking_uri: str | None = None,
+    overwrite: bool = False,
 ) -> int:
-    """One pair into the image file ``output``; ``UserError`` (and nothing written) on bad input.
-    Local paths, and ``s3://`` through the AWS environment (``Store()``)."""
+    """One pair into the image file ``output``; ``UserError`` (and nothing written) on bad input or an
+    existing ``output`` (unless ``overwrite``). Local paths, and ``s3://`` through the AWS environment
+    (``Store()``)."""
     store = Store()
     for p in (comp, mask):
         if not storage.is_s3(p) and not Path(p).is_file():
@@ -102,6 +119,8 @@ def harmonize_pair(
         raise UserError(f"-o {output}: is a folder; give the output image's file name")
     if Path(output).resolve() in (Path(comp).resolve(), Path(mask).resolve()):
         raise UserError(f"-o {output}: would overwrite an input; choose another file name")
+    if not overwrite:
+        refuse_existing([output], output, store)
     warn_if_lossy(output)
     harmonizer = load(cfg, tracking_uri)
     try:
@@ -114,9 +133,12 @@ def harmonize_pair(
     return 0
 
 
-def harmonize_folder(folder: str, output: str, cfg: HarmonizeConfig, tracking_uri: str | None = None) -> int:
+def harmonize_folder(
+    folder: str, output: str, cfg: HarmonizeConfig, tracking_uri: str | None = None, overwrite: bool = False
+) -> int:
     """Every pair in ``folder`` into the folder ``output``; 1 when some pairs were skipped (each is
-    reported on stderr with its reason), 0 when all were written."""
+    reported on stderr with its reason), 0 when all were written. Outputs that already exist are refused
+    before anything is written (``UserError``) unless ``overwrite``."""
     store = Store()
     if not storage.is_s3(folder) and not Path(folder).is_dir():
         raise UserError(f"{folder}: not a folder (give COMPOSITE MASK for a single image)")
@@ -133,6 +155,8 @@ def harmonize_folder(folder: str, output: str, cfg: HarmonizeConfig, tracking_ur
         )
     pairs, clashes = unique_targets(pairs)
     skipped += clashes
+    if not overwrite:
+        refuse_existing([storage.join(output, _stem(c) + ".png") for c, _ in pairs], output, store)
     harmonizer = load(cfg, tracking_uri)
     from tqdm import tqdm
 

@@ -10,7 +10,8 @@ source, an evaluation folder, a generator file, the stage files DVC tracks): a l
 
 Operations take full URIs: ``exists``, ``is_dir``, ``size``, ``list_files``, ``list_dirs``,
 ``read_bytes``, ``open`` (random access, for Parquet), ``sha256``, ``write_bytes`` (atomic), ``delete``;
-on S3 also ``abort_multipart_uploads`` and ``check_bucket``. ``filesystem(uri)`` gives the pyarrow
+``check_writable`` (the pre-flight of a writer); on S3 also ``abort_multipart_uploads``, ``check_bucket``
+and the conditional writes a lease is made of (``put_if``, ``get_with_etag``, ``delete_if``). ``filesystem(uri)`` gives the pyarrow
 filesystem and path for Ray (``read_parquet``, ``RunConfig(storage_filesystem=...)``). A store is a
 small frozen value: it pickles to Ray workers, which build their own connections from it.
 """
@@ -30,6 +31,10 @@ import pyarrow.fs as pafs
 
 TIMEOUT_ENV = "HARMONIZE_S3_TIMEOUT_S"  # connect / read timeout of boto3 calls (default: botocore's 60 s)
 HASH_CHUNK = 8 << 20
+
+
+class ConditionFailed(OSError):
+    """A conditional S3 write or delete whose condition did not hold: another writer got there first."""
 
 
 def is_s3(uri: str) -> bool:
@@ -201,7 +206,81 @@ class Store:
         elif kind == pafs.FileType.File:
             fs.delete_file(path)
 
+    def check_writable(self, uri: str) -> None:
+        """Write, list and delete a probe file under ``uri`` (created when missing): a ``UserError``
+        naming the root and what failed (a file where a folder should be, a read-only folder, a missing
+        bucket), so a writer fails before its compute, not when it publishes."""
+        from components.cli import UserError
+
+        uri = str(uri)
+        self.check_bucket()
+        if not self.is_s3:
+            for parent in (Path(uri), *Path(uri).parents):
+                if parent.exists():
+                    if not parent.is_dir():
+                        raise UserError(f"storage.root={self.root}: {parent} is a file, not a folder")
+                    break
+        probe = join(uri, f".write-check-{uuid.uuid4().hex}")
+        step = "write"
+        try:
+            self.write_bytes(probe, b"prepare pre-flight\n")
+            step = "list"
+            if probe.removeprefix("s3://") not in {f.removeprefix("s3://") for f in self.list_files(uri)}:
+                raise OSError(f"{probe} was written but is not listed")
+            step = "delete"
+            self.delete(probe)
+            if self.exists(probe):
+                raise OSError(f"{probe} is still there after a delete")
+        except OSError as exc:
+            raise UserError(f"storage.root={self.root}: cannot {step} under {uri}: {exc}") from None
+
     # -- S3 only ------------------------------------------------------------------------------------
+
+    def put_if(self, uri: str, data: bytes, etag: str | None = None) -> str:
+        """One PUT that happens only if ``uri`` does not exist yet (``etag`` None: ``If-None-Match: *``)
+        or still holds the version ``etag`` (``If-Match``); returns the new ETag, ``ConditionFailed``
+        when the condition did not hold."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, key = _bucket_key(uri)
+        cond = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+        try:
+            return self._client().put_object(Bucket=bucket, Key=key, Body=data, **cond)["ETag"]
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404"):
+                raise ConditionFailed(f"{uri}: {code}") from None
+            raise OSError(f"{uri}: conditional write failed ({exc})") from exc
+        except BotoCoreError as exc:
+            raise OSError(f"{uri}: conditional write failed ({exc})") from exc
+
+    def get_with_etag(self, uri: str) -> tuple[bytes, str, float] | None:
+        """``(bytes, ETag, age in seconds by the server's clock)`` of an S3 object; None when absent."""
+        from email.utils import parsedate_to_datetime
+
+        from botocore.exceptions import ClientError
+
+        bucket, key = _bucket_key(uri)
+        try:
+            resp = self._client().get_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) in ("NoSuchKey", "404"):
+                return None
+            raise OSError(f"{uri}: cannot read ({exc})") from exc
+        now = parsedate_to_datetime(resp["ResponseMetadata"]["HTTPHeaders"]["date"])
+        return resp["Body"].read(), resp["ETag"], (now - resp["LastModified"]).total_seconds()
+
+    def delete_if(self, uri: str, etag: str) -> bool:
+        """Delete an S3 object only while it still holds ``etag``; False when it did not."""
+        from botocore.exceptions import ClientError
+
+        bucket, key = _bucket_key(uri)
+        try:
+            self._client().delete_object(Bucket=bucket, Key=key, IfMatch=etag)
+        except ClientError:
+            return False
+        return True
+
 
     def abort_multipart_uploads(self, prefix: str, before: float | None = None) -> list[str]:
         """Abort the unfinished multipart uploads under an ``s3://`` prefix (begun before ``before``, a

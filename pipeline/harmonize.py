@@ -9,7 +9,8 @@ mapping fitted to its output (``image`` head), carries the result to full resolu
 (``components.predictor``), so the background stays pixel-identical and the foreground sharp.
 Exit status: 0 all written; 2 bad input or params (one image: nothing written); 1 batch mode skipped
 some pairs (every good pair is still written, each bad one reported on stderr with its reason).
-Outputs are written to a temporary name and renamed, so no half-written image is ever left behind.
+Outputs are written to a temporary name and renamed, so no half-written image is ever left behind;
+an output file that already exists is refused (exit 2, nothing written) unless ``--overwrite``.
 A ``runs:/`` or ``models:/`` model is read from ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else
 the project's ``mlruns.db`` (an error outside a project: no empty database is created). The file work
 is ``components.harmonize_files``.
@@ -38,6 +39,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.harm
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="COMPOSITE MASK, or one FOLDER of pairs")
     parser.add_argument("-o", "--output", required=True, help="output image (one pair) or folder (batch)")
     parser.add_argument("-m", "--model", help="shorthand for -S harmonize.model=URI")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace output files that already exist (default: refuse)"
+    )
     add_tracking_uri(parser)
     args = parser.parse_args(argv)
     if args.model:
@@ -51,8 +55,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.harm
     if cfg.mapping not in MAPPINGS:
         raise UserError(f"harmonize.mapping={cfg.mapping!r}: expected one of {list(MAPPINGS)}")
     if len(args.inputs) == 2:
-        return harmonize_pair(*args.inputs, args.output, cfg, args.tracking_uri)
-    return harmonize_folder(args.inputs[0], args.output, cfg, args.tracking_uri)
+        return harmonize_pair(*args.inputs, args.output, cfg, args.tracking_uri, overwrite=args.overwrite)
+    return harmonize_folder(args.inputs[0], args.output, cfg, args.tracking_uri, overwrite=args.overwrite)
 
 
 def cli(argv: Sequence[str] | None = None) -> None:

@@ -34,11 +34,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from components.storage import Store
 
     store = Store.from_config(params.storage)
-    result = prepare_dataset(cfg, store, progress=not args.no_progress)
-    store.write_bytes(cfg.card, _json(result.card))
-    headline.write(headline.path_for(cfg.card), headline.prepare(result.card), store)
-    store.write_bytes(cfg.samples_png, result.grid_png)
-    store.write_bytes(cfg.manifest, _json(result.manifest))
+
+    def dvc_copies(result) -> None:  # under the dataset's lock: the copies are of the manifest published
+        store.write_bytes(cfg.card, _json(result.card))
+        headline.write(headline.path_for(cfg.card), headline.prepare(result.card), store)
+        store.write_bytes(cfg.samples_png, result.grid_png)
+        store.write_bytes(cfg.manifest, _json(result.manifest))
+
+    result = prepare_dataset(cfg, store, progress=not args.no_progress, after_publish=dvc_copies)
     counts = ", ".join(f"{k} {v}" for k, v in result.card["counts"].items())
     skipped = sum(result.card["skipped"].values())
     print(

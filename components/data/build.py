@@ -29,6 +29,7 @@ from components.data.card import CardBuilder
 from components.data.dataset import DatasetWriter
 from components.data.grid import sample_grid
 from components.data.images import BadInput
+from components.data.lock import DatasetLock
 from components.data.sources import (
     SPLITS,
     Entry,
@@ -278,11 +279,41 @@ def _references(pool: list[synthesis.ObjectStats], scene: str, rng) -> list[synt
     return [pool[others[int(i)]] for i in pick]
 
 
-def prepare_dataset(cfg: PrepareConfig, store: Store, progress: bool = True) -> PrepareResult:
+def prepare_dataset(
+    cfg: PrepareConfig,
+    store: Store,
+    progress: bool = True,
+    after_publish: Callable[[PrepareResult], None] | None = None,
+) -> PrepareResult:
     """Write a new version of ``<store root>/datasets/<name>/`` and publish it (its manifest is written
     last, in one step: an interrupted run leaves the previous dataset whole); return the card, the
-    manifest and the sample grid. Sources are read through the same store."""
+    manifest and the sample grid. Sources are read through the same store.
+
+    Before any source is read, the root is checked (write, list, delete) and the dataset's lock taken
+    (``components.data.lock``): a second run on the same dataset fails at once. ``after_publish``
+    (the stage's DVC copies) runs while the lock is still held, so the copies are of the manifest
+    that was published. A run that fails removes its own unpublished version, nothing else."""
     _check_config(cfg)
+    store.check_writable(store.uri("datasets"))
+    with DatasetLock(store, cfg.name) as lock:
+        writer = DatasetWriter(
+            store, cfg.name, cfg.rows_per_shard, cfg.rows_per_row_group, int(cfg.shard_max_mb * 2**20)
+        )
+        writer.cleanup_before()
+        try:
+            result = _build(cfg, store, writer, lock, progress)
+        except OSError as exc:  # a full disk, a lost S3 server: said in one line, the own version removed
+            writer.discard()
+            raise UserError(f"prepare: writing {writer.folder} failed ({exc}); nothing was published") from None
+        except BaseException:
+            writer.discard()
+            raise
+        if after_publish is not None:
+            after_publish(result)
+        return result
+
+
+def _build(cfg: PrepareConfig, store: Store, writer: DatasetWriter, lock: DatasetLock, progress: bool):
     listings = _list_sources(cfg, store)
     entries = [e for lst in listings for e in lst.entries]
     dupes = [k for k, n in Counter(e.key for e in entries).items() if n > 1]
@@ -319,9 +350,6 @@ def prepare_dataset(cfg: PrepareConfig, store: Store, progress: bool = True) -> 
         "max_pixels": cfg.max_pixels,
     }
     base_entries = [e for e in entries if e.kind != "iharmony4"]
-    writer = DatasetWriter(
-        store, cfg.name, cfg.rows_per_shard, cfg.rows_per_row_group, int(cfg.shard_max_mb * 2**20)
-    )
     card, grid_rows = CardBuilder(), []
     with _mapper(cfg.processes) as imap:
         bases: list[Base] = []
@@ -406,7 +434,7 @@ def prepare_dataset(cfg: PrepareConfig, store: Store, progress: bool = True) -> 
             sum(skipped.values()), ", ".join(f"{n} {r}" for r, n in sorted(skipped.items())), cfg.card,
         )  # fmt: skip
     manifest = writer.publish(  # the one step that makes the new version the dataset
-        card_dict["content_hash"], cfg.image_size, test_max_side=cfg.test_max_side, card=cfg.card
+        card_dict["content_hash"], cfg.image_size, lock, test_max_side=cfg.test_max_side, card=cfg.card
     )
     grid_rows.sort(key=lambda r: SPLITS.index(r["split"]))
     return PrepareResult(card_dict, manifest, sample_grid(grid_rows))

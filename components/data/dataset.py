@@ -17,7 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import posixpath
+import re
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,7 +30,16 @@ import pyarrow.parquet as pq
 
 from components import storage
 from components.cli import UserError
-from components.data.shards import SHARD_RE, ShardInfo, ShardWriter, dataset_dir
+from components.data.images import BadInput, decode_stored
+from components.data.shards import (
+    SHARD_RE,
+    ShardError,
+    ShardInfo,
+    ShardWriter,
+    check_schema,
+    dataset_dir,
+    row_size,
+)
 from components.storage import Store
 
 log = logging.getLogger(__name__)
@@ -36,6 +48,7 @@ FORMAT = "harmonize-manifest/2"
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
 VERSION_PREFIX = "v-"
+STOP_ENV = "HARMONIZE_PREPARE_STOP_BEFORE_PUBLISH"  # tests: SIGSTOP the run before it publishes
 _VERIFIED: set[tuple[str, str]] = set()  # (manifest sha256, shard file) hashed in this process already
 
 
@@ -71,19 +84,26 @@ class DatasetWriter:
         self.dir = dataset_dir(store.root, name)
         self.started = time.time()
         self.version = f"{VERSION_PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
-        folder = storage.join(self.dir, self.version)
+        self.published = False
         self.writers = {
-            split: ShardWriter(store, folder, split, rows_per_shard, rows_per_row_group, max_bytes)
+            split: ShardWriter(store, self.folder, split, rows_per_shard, rows_per_row_group, max_bytes)
             for split in SPLITS
         }
 
     def add(self, row: dict) -> None:
         self.writers[row["split"]].add(row)
 
-    def publish(self, content_hash: str | None = None, image_size: int | None = None, **extra) -> dict:
+    @property
+    def folder(self) -> str:
+        return storage.join(self.dir, self.version)
+
+    def publish(
+        self, content_hash: str | None = None, image_size: int | None = None, lock=None, **extra
+    ) -> dict:
         """Close the shards, write the manifest (the one atomic step), then remove older versions.
 
-        ``content_hash`` defaults to a hash of the shards' sha256s; ``extra`` goes into the manifest.
+        ``content_hash`` defaults to a hash of the shards' sha256s; ``extra`` goes into the manifest;
+        ``lock`` (a ``DatasetLock``) is checked right before the manifest is written.
         """
         written = [info for split in SPLITS for info in self.writers[split].close()]
         if content_hash is None:
@@ -100,18 +120,24 @@ class DatasetWriter:
             "counts": {s: sum(i.rows for i in written if i.split == s) for s in SPLITS},
             "shards": {s: [_entry(self.dir, i) for i in written if i.split == s] for s in SPLITS},
         }
+        if os.environ.get(STOP_ENV):  # tests: a run frozen (SIGSTOP) at its most exposed point
+            os.kill(os.getpid(), signal.SIGSTOP)
+        if lock is not None:
+            lock.check()
         self.store.write_bytes(manifest_uri(self.root, self.name), _json(manifest))
+        self.published = True
         self.cleanup()
         return manifest
 
-    def cleanup(self) -> list[str]:
-        """After publishing: remove every other version folder, shards of the old flat layout and
-        unfinished multipart uploads begun before this writer started."""
+    def cleanup(self, keep: str | None = None) -> list[str]:
+        """Remove every version folder but this writer's and ``keep``, shards of the old flat layout,
+        temp files and unfinished multipart uploads begun before this writer started: the leftovers of
+        runs that died. Only under the dataset's lock (``DatasetLock``): no other run is writing."""
         store = self.store
         removed = [
             storage.join(self.dir, d)
             for d in store.list_dirs(self.dir)
-            if d.startswith(VERSION_PREFIX) and d != self.version
+            if d.startswith(VERSION_PREFIX) and d not in (self.version, keep)
         ]
         removed += [  # old flat layout, temp files of killed runs
             uri
@@ -125,6 +151,31 @@ class DatasetWriter:
         for uri in removed:
             log.info("removed %s (not in the published manifest)", uri)
         return removed
+
+    def cleanup_before(self) -> list[str]:
+        """Before writing: the leftovers of dead runs go (their space too: a run that failed on a full
+        disk does not block the next one); the published version stays. With a manifest that cannot
+        be read, nothing is removed."""
+        try:
+            published = json.loads(self.store.read_bytes(manifest_uri(self.root, self.name)))["version"]
+        except FileNotFoundError:
+            published = None
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        return self.cleanup(keep=str(published) if published else None)
+
+    def discard(self) -> None:
+        """After a failure before publishing: remove this writer's own version (and its unfinished
+        uploads), nothing else; best effort, the original error is what the user needs to see."""
+        if self.published:
+            return
+        try:
+            self.store.delete(self.folder)
+            if storage.is_s3(self.folder):
+                self.store.abort_multipart_uploads(self.folder + "/")
+            log.info("removed %s (this run's unpublished version)", self.folder)
+        except OSError as exc:
+            log.warning("could not remove %s: %s", self.folder, exc)
 
 
 def _entry(base: str, info: ShardInfo) -> dict:
@@ -186,17 +237,39 @@ class Dataset:
                 _check_shard(self.store, s, key if full else None)
 
     def iter_rows(self, split: str, columns: list[str]) -> Iterator[dict]:
-        """Rows of a split as dicts, read one row group at a time (memory stays flat)."""
+        """Rows of a split as dicts, read one row group at a time (memory stays flat).
+
+        Every row's size is checked (``height`` / ``width``: the dataset's image size for train and val,
+        at most ``test_max_side`` for test) and so are its images' PNG headers when ``columns`` has
+        them, before anything is decompressed: a ``ShardError`` naming the shard and row otherwise."""
+        side = self.image_size if split != "test" else None
+        cap = self.manifest.get("test_max_side") if split == "test" else None
         for s in self.shards.get(split, []):
             try:
                 with self.store.open(s.uri) as f:
                     pf = pq.ParquetFile(f)
-                    names = set(pf.schema_arrow.names)
-                    cols = [c for c in columns if c in names]
+                    check_schema(pf.schema_arrow, s.uri)
+                    cols = list(dict.fromkeys([*columns, "height", "width"]))
+                    n = 0
                     for g in range(pf.metadata.num_row_groups):
-                        yield from pf.read_row_group(g, columns=cols).to_pylist()
+                        for row in pf.read_row_group(g, columns=cols).to_pylist():
+                            _check_row(row, f"{s.uri} row {n}", side, cap)
+                            n += 1
+                            yield row
             except OSError as exc:
                 raise DatasetError(f"{s.uri}: cannot read shard of dataset {self.name} ({exc})") from None
+
+
+def _check_row(row: dict, where: str, side: int | None, cap: int | None) -> None:
+    size = row_size(row["height"], row["width"], side, where)
+    if cap and max(size) > cap:
+        raise ShardError(f"{where}: the row says {size[0]}x{size[1]}, over the test split's side of {cap}")
+    for col, mode in (("composite", "RGB"), ("mask", "L"), ("real", "RGB")):
+        if col in row:
+            try:
+                decode_stored(row[col], f"{where} {col}", size, mode, load=False)
+            except BadInput as exc:
+                raise ShardError(str(exc)) from None
 
 
 def _check_shard(store: Store, s: Shard, hash_key: str | None) -> None:
@@ -207,11 +280,13 @@ def _check_shard(store: Store, s: Shard, hash_key: str | None) -> None:
         raise DatasetError(f"{s.uri}: shard is {size} bytes, the manifest says {s.bytes}; run prepare again")
     try:
         with store.open(s.uri) as f:
-            rows = pq.ParquetFile(f).metadata.num_rows
+            pf = pq.ParquetFile(f)
+            rows, schema = pf.metadata.num_rows, pf.schema_arrow
     except (OSError, ValueError) as exc:  # pyarrow: ArrowInvalid (a ValueError) for a broken footer
         raise DatasetError(f"{s.uri}: shard is not a readable Parquet file ({exc})") from None
     if rows != s.rows:
         raise DatasetError(f"{s.uri}: shard has {rows} rows, the manifest says {s.rows}")
+    check_schema(schema, s.uri)
     if hash_key is None or (hash_key, s.uri) in _VERIFIED:
         return
     if store.sha256(s.uri) != s.sha256:
@@ -229,29 +304,48 @@ def open_dataset(store: Store, name: str, verify: bool = True) -> Dataset:
     try:
         manifest = json.loads(store.read_bytes(uri))
     except FileNotFoundError:
+        store.check_bucket()  # a missing bucket is said as such, not as a missing dataset
         raise DatasetError(
             f"{where}: no published dataset ({MANIFEST} missing); run `python -m pipeline.prepare` first, "
             "or point train.dataset / storage.root at prepared data"
         ) from None
     except OSError as exc:
+        store.check_bucket()
         raise DatasetError(f"{uri}: cannot read the dataset manifest ({exc})") from None
     except ValueError as exc:
         raise DatasetError(f"{uri}: not a valid manifest ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DatasetError(f"{uri}: not a {FORMAT} manifest; run `python -m pipeline.prepare` again")
-    shards = {
-        split: [
-            Shard(_resolve(where, e["file"]), split, int(e["rows"]), int(e["bytes"]), str(e["sha256"]))
-            for e in manifest["shards"].get(split, [])
-        ]
-        for split in SPLITS
-    }
+    try:
+        shards = {
+            split: [_shard(where, uri, manifest, split, i, e) for i, e in enumerate(manifest["shards"].get(split, []))]
+            for split in SPLITS
+        }
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DatasetError(f"{uri}: not a valid manifest ({type(exc).__name__}: {exc})") from None
     ds = Dataset(name, where, manifest, store, shards)
     ds.verify(full=verify)
     return ds
 
 
-def _resolve(base: str, rel: str) -> str:
-    """A manifest's shard path, relative to the dataset folder where it was opened (so a moved or
-    relative storage root still finds its shards)."""
-    return storage.join(base, *posixpath.normpath(rel).split("/"))
+VERSION_RE = re.compile(r"v-[A-Za-z0-9_-]+")
+
+
+def _shard(where: str, manifest_uri: str, manifest: dict, split: str, i: int, e: dict) -> Shard:
+    """One manifest entry as a ``Shard`` whose URI is inside the dataset's version folder: the path is
+    relative, has no ``..`` / ``.`` / empty part, no scheme, drive or backslash, and starts with the
+    manifest's ``version``, so a manifest cannot send a reader to another folder or bucket."""
+    version, rel = str(manifest.get("version", "")), e["file"]
+    parts = rel.split("/") if isinstance(rel, str) else []
+    if not VERSION_RE.fullmatch(version):
+        raise DatasetError(f"{manifest_uri}: version {version!r} is not a version folder name (v-...)")
+    if (
+        len(parts) < 2
+        or parts[0] != version
+        or any(p in ("", ".", "..") or "\\" in p or ":" in p for p in parts)
+    ):
+        raise DatasetError(
+            f"{manifest_uri}: shards.{split}[{i}] file {rel!r} is not inside the dataset's version folder "
+            f"{version}/ (a relative path under it, without '..'); refusing to read it"
+        )
+    return Shard(storage.join(where, *parts), split, int(e["rows"]), int(e["bytes"]), str(e["sha256"]))

@@ -32,6 +32,8 @@ _REASONS = {
     "mask_empty": "empty mask (no foreground pixel)",
     "mask_full": "full mask (every pixel is foreground: no background to harmonize against)",
     "mask_size_mismatch": "mask and image differ in size",
+    "wrong_size": "image size is not the dataset's",
+    "wrong_mode": "unexpected image mode",
 }
 
 
@@ -44,18 +46,46 @@ class BadInput(InputError):
         super().__init__(f"{name}: {text} [{reason}]" + (f" ({detail})" if detail else ""))
 
 
-def _open(data: bytes, name: str, max_pixels: int | None = None) -> Image.Image:
+def _open(
+    data: bytes,
+    name: str,
+    max_pixels: int | None = None,
+    size: tuple[int, int] | None = None,
+    modes: tuple[str, ...] | None = None,
+    formats: tuple[str, ...] | None = None,
+    load: bool = True,
+) -> Image.Image:
+    """Open and decode, after checking what the header says (pixels, ``size`` (width, height), mode)
+    so that an oversized or unexpected image is refused before a pixel is decompressed."""
     try:
-        im = Image.open(io.BytesIO(data))
-        if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:
-            w, h = im.size
+        im = Image.open(io.BytesIO(data), formats=formats)
+        w, h = im.size
+        if max_pixels is not None and w * h > max_pixels:
             raise BadInput("too_large", name, f"{w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
-        im.load()
+        if size is not None and (w, h) != tuple(size):
+            raise BadInput("wrong_size", name, f"{w}x{h}, expected {size[0]}x{size[1]}")
+        if modes is not None and im.mode not in modes:
+            raise BadInput("wrong_mode", name, f"mode {im.mode}, expected {' or '.join(modes)}")
+        if load:
+            im.load()
         return im
     except BadInput:
         raise
+    except Image.DecompressionBombError as exc:  # PIL's own limit, when it is below ours
+        raise BadInput("too_large", name, str(exc)) from None
     except Exception as exc:  # PIL raises many types for corrupt / truncated data
         raise BadInput("unreadable", name, f"{type(exc).__name__}: {exc}") from None
+
+
+def decode_stored(data: object, name: str, size: tuple[int, int], mode: str, load: bool = True) -> np.ndarray | None:
+    """A PNG the project stored itself (a shard's image), trusted for nothing: it must be a PNG of
+    exactly ``size`` (width, height) in ``mode`` (``RGB`` or ``L``), all read from its header before a
+    pixel is decompressed, so a decompression bomb or an oversized image costs nothing.
+    ``load=False`` checks the header only (``None`` back)."""
+    if not isinstance(data, bytes):
+        raise BadInput("unreadable", name, f"expected PNG bytes, got {type(data).__name__}")
+    im = _open(data, name, size[0] * size[1], size, (mode,), ("PNG",), load=load)
+    return np.asarray(im) if load else None
 
 
 def _to_uint8(arr: np.ndarray, top: float | None = None) -> np.ndarray:

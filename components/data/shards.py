@@ -12,7 +12,6 @@ reads a distinct, equally sized part of every epoch) and :func:`ray_dataset` (Ra
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 from dataclasses import dataclass
 
@@ -20,10 +19,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from components import storage
+from components.cli import UserError
+from components.data import images
 from components.storage import Store
 
 SCHEMA = pa.schema(
@@ -144,20 +144,61 @@ def shard_uris(store: Store, dataset: str, split: str) -> list[str]:
     return open_dataset(store, dataset).uris(split)
 
 
-def _png(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im)
+class ShardError(UserError):
+    """A shard whose columns or rows are not what ``prepare`` writes (exit 2, shard and row named)."""
 
 
-def decode_triplet(composite: bytes, mask: bytes, real: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """PNG bytes -> float32 arrays in the network's ranges: images (3, H, W) in [-1, 1], mask (1, H, W) 0/1."""
-    comp = np.ascontiguousarray(_png(composite).transpose(2, 0, 1), dtype=np.float32)
-    real_ = np.ascontiguousarray(_png(real).transpose(2, 0, 1), dtype=np.float32)
+# The columns every reader relies on; a shard without one of them, or with another type, is refused.
+REQUIRED = ("sample_id", "subset", "split", "composite", "mask", "real", "height", "width", "fg_ratio")
+MAX_ROW_PIXELS = 1 << 26  # a row's own size when no image size is known: 67 M pixels at most
+
+
+def check_schema(schema: pa.Schema, uri: str) -> None:
+    """The shard's column types are the writer's (``SCHEMA``): a ``ShardError`` naming the shard and
+    the column otherwise, read from the footer before any row is."""
+    for f in SCHEMA:
+        i = schema.get_field_index(f.name)
+        if i < 0:
+            if f.name in REQUIRED:
+                raise ShardError(f"{uri}: column {f.name!r} is missing (expected {f.type})")
+            continue
+        if schema.field(i).type != f.type:
+            raise ShardError(f"{uri}: column {f.name!r} is {schema.field(i).type}, expected {f.type}")
+
+
+def row_size(height: object, width: object, image_size: int | None, where: str) -> tuple[int, int]:
+    """(width, height) a row's images must have: its ``height`` / ``width`` columns, which must equal
+    the dataset's ``image_size`` when it is known (train / val), and stay under ``MAX_ROW_PIXELS``."""
+    if not (isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0):
+        raise ShardError(f"{where}: height / width {height!r} x {width!r} are not positive integers")
+    if image_size is not None and (height, width) != (image_size, image_size):
+        raise ShardError(f"{where}: the row says {width}x{height}, the dataset's image size is {image_size}")
+    if height * width > MAX_ROW_PIXELS:
+        raise ShardError(f"{where}: the row says {width}x{height}, over {MAX_ROW_PIXELS} pixels")
+    return width, height
+
+
+def decode_triplet(
+    composite: bytes, mask: bytes, real: bytes, size: tuple[int, int], where: str = "triplet"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PNG bytes -> float32 arrays in the network's ranges: images (3, H, W) in [-1, 1], mask (1, H, W) 0/1.
+
+    Decoded by the one image module, which checks each PNG's header against ``size`` (width, height)
+    and its mode before decompressing it: a ``ShardError`` naming ``where`` (shard and row) otherwise.
+    """
+    try:
+        c8 = images.decode_stored(composite, f"{where} composite", size, "RGB")
+        m8 = images.decode_stored(mask, f"{where} mask", size, "L")
+        r8 = images.decode_stored(real, f"{where} real", size, "RGB")
+    except images.BadInput as exc:
+        raise ShardError(str(exc)) from None
+    comp = np.ascontiguousarray(c8.transpose(2, 0, 1), dtype=np.float32)
+    real_ = np.ascontiguousarray(r8.transpose(2, 0, 1), dtype=np.float32)
     comp *= 1 / 127.5
     comp -= 1.0
     real_ *= 1 / 127.5
     real_ -= 1.0
-    m = (_png(mask) >= 128).astype(np.float32)[None]
+    m = (m8 >= 128).astype(np.float32)[None]
     return comp, m, real_
 
 
@@ -187,6 +228,7 @@ class ShardDataset(IterableDataset):
         store: Store | None = None,
         shuffle: bool = True,
         even: bool = True,
+        image_size: int | None = None,
     ):
         super().__init__()
         if not uris:
@@ -195,8 +237,8 @@ class ShardDataset(IterableDataset):
             raise ValueError(f"ShardDataset: rank {rank} outside world_size {world_size}")
         self.uris, self.hflip, self.rank, self.world_size = list(uris), hflip, rank, world_size
         self.seed, self.store, self.shuffle, self.even = seed, store or Store(), shuffle, even
-        self.epoch = 0
-        self._groups: list[tuple[int, int, int]] | None = None  # (file index, row group, rows)
+        self.epoch, self.image_size = 0, image_size  # rows must be image_size x image_size when given
+        self._groups: list[tuple[int, int, int, int]] | None = None  # (file, row group, rows, first row)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -204,12 +246,17 @@ class ShardDataset(IterableDataset):
     def _open(self, i: int) -> pq.ParquetFile:
         return pq.ParquetFile(self.store.open(self.uris[i]))
 
-    def groups(self) -> list[tuple[int, int, int]]:
+    def groups(self) -> list[tuple[int, int, int, int]]:
         if self._groups is None:
             out = []
             for i in range(len(self.uris)):
-                meta = self._open(i).metadata
-                out += [(i, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+                pf = self._open(i)
+                check_schema(pf.schema_arrow, self.uris[i])
+                first = 0
+                for g in range(pf.metadata.num_row_groups):
+                    n = pf.metadata.row_group(g).num_rows
+                    out.append((i, g, n, first))
+                    first += n
             self._groups = out
         return self._groups
 
@@ -240,15 +287,17 @@ class ShardDataset(IterableDataset):
         groups = self.groups()
         files: dict[int, pq.ParquetFile] = {}
         cache: tuple[int, dict] | None = None
-        columns = ["sample_id", "subset", "fg_ratio", *IMAGE_COLUMNS]
+        columns = ["sample_id", "subset", "fg_ratio", "height", "width", *IMAGE_COLUMNS]
         for g, r, pos in part:
             if cache is None or cache[0] != g:
-                fi, rg, _ = groups[g]
+                fi, rg, _, _ = groups[g]
                 if fi not in files:
                     files[fi] = self._open(fi)
                 cache = (g, files[fi].read_row_group(rg, columns=columns).to_pydict())
             rows = cache[1]
-            comp, mask, real = decode_triplet(rows["composite"][r], rows["mask"][r], rows["real"][r])
+            where = f"{self.uris[groups[g][0]]} row {groups[g][3] + r}"
+            size = row_size(rows["height"][r], rows["width"][r], self.image_size, where)
+            comp, mask, real = decode_triplet(rows["composite"][r], rows["mask"][r], rows["real"][r], size, where)
             comp, mask, real = torch.from_numpy(comp), torch.from_numpy(mask), torch.from_numpy(real)
             comp, mask, real = hflip_triplet(comp, mask, real, self.hflip and bool(flips[pos]))
             yield {
@@ -261,10 +310,12 @@ class ShardDataset(IterableDataset):
             }
 
 
-def _decode_batch(batch: dict) -> dict:
+def _decode_batch(batch: dict, image_size: int | None = None) -> dict:
     comps, masks, reals = [], [], []
-    for c, m, r in zip(batch["composite"], batch["mask"], batch["real"], strict=True):
-        a, b, d = decode_triplet(c, m, r)
+    for i, (c, m, r) in enumerate(zip(batch["composite"], batch["mask"], batch["real"], strict=True)):
+        where = f"{batch['path'][i]} row with sample_id {batch['sample_id'][i]!r}"
+        size = row_size(_py(batch["height"][i]), _py(batch["width"][i]), image_size, where)
+        a, b, d = decode_triplet(c, m, r, size, where)
         comps.append(a)
         masks.append(b)
         reals.append(d)
@@ -278,7 +329,14 @@ def _decode_batch(batch: dict) -> dict:
     }
 
 
-def ray_dataset(uris: list[str], store: Store | None = None, batch_size: int = 64, **read_kwargs):
+def _py(value: object) -> object:
+    """A numpy scalar of a Ray Data batch as the Python value (``int`` for an integer column)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def ray_dataset(
+    uris: list[str], store: Store | None = None, batch_size: int = 64, image_size: int | None = None, **read_kwargs
+):
     """A Ray Data dataset of decoded triplets (same arrays as :class:`ShardDataset`, batched as numpy).
 
     Use with Ray Train: pass it in ``datasets={"train": ...}`` and iterate
@@ -290,6 +348,10 @@ def ray_dataset(uris: list[str], store: Store | None = None, batch_size: int = 6
         raise ValueError("ray_dataset: no shard URIs given")
     store = store or Store()
     fs, _ = store.filesystem(uris[0])
-    ds = ray.data.read_parquet([store.filesystem(u)[1] for u in uris], filesystem=fs, **read_kwargs)
-    ds = ds.select_columns(["sample_id", "subset", "fg_ratio", *IMAGE_COLUMNS])
-    return ds.map_batches(_decode_batch, batch_size=batch_size, batch_format="numpy")
+    ds = ray.data.read_parquet(
+        [store.filesystem(u)[1] for u in uris], filesystem=fs, include_paths=True, **read_kwargs
+    )
+    ds = ds.select_columns(["sample_id", "subset", "fg_ratio", "height", "width", "path", *IMAGE_COLUMNS])
+    return ds.map_batches(
+        _decode_batch, fn_kwargs={"image_size": image_size}, batch_size=batch_size, batch_format="numpy"
+    )

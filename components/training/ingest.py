@@ -26,11 +26,13 @@ READERS = ("shards", "ray_data")  # train.reader: ShardDataset in the worker | R
 SHUFFLE_ROWS = 256  # rows in each worker's local shuffle buffer (decoded: ~100 kB each at 64x64)
 
 
-def train_dataset(uris: list[str], store: Store, seed: int):
-    """The Ray Data dataset of decoded training triplets, files in a new seeded order every epoch."""
+def train_dataset(uris: list[str], store: Store, seed: int, image_size: int | None = None):
+    """The Ray Data dataset of decoded training triplets, files in a new seeded order every epoch; every
+    row must be ``image_size`` square when given (checked before its PNGs are decompressed)."""
     from ray.data import FileShuffleConfig
 
-    return quiet.ray_dataset(shards.ray_dataset(uris, store, shuffle=FileShuffleConfig(seed=seed)))
+    ds = shards.ray_dataset(uris, store, image_size=image_size, shuffle=FileShuffleConfig(seed=seed))
+    return quiet.ray_dataset(ds)
 
 
 def check_cpus(t) -> None:

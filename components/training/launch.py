@@ -38,7 +38,7 @@ from components.data.dataset import Dataset, open_dataset
 from components.models import losses
 from components.storage import Store
 from components.training import engine, ingest, quiet, remote
-from components.training.loop import FAULT_ENV, newest_state, train_loop_per_worker
+from components.training.loop import FAULT_ENV, STATE_FILE, newest_state, train_loop_per_worker
 from components.training.mlflow_logging import find_or_create_run, training_dataset
 from components.training.preflight import check_cluster_gpus, check_local_gpus
 
@@ -98,12 +98,13 @@ def find_shards(ds: Dataset) -> tuple[list[str], list[str]]:
 
 
 def image_size_of(ds: Dataset) -> int:
-    """The (square) image size of a dataset, from the first row of its val split."""
+    """The (square) image size of a dataset: its manifest's, which the first val row must have (the
+    readers check every row against it); the first row's for a manifest without one."""
     row = next(ds.iter_rows("val", ["height", "width"]))
     if row["height"] != row["width"]:
         uri = ds.uris("val")[0]
         raise UserError(f"{uri}: training expects square images, got {row['width']}x{row['height']}")
-    return int(row["height"])
+    return int(ds.image_size or row["height"])
 
 
 def fingerprint(params: Params, gen_spec: dict, data_hash: str) -> str:
@@ -174,7 +175,8 @@ def make_trainer(
     fs, path = store.filesystem(store.uri("ray"))
     datasets = None
     if t.reader == "ray_data":  # the worker reads it through ray.train.get_dataset_shard("train")
-        datasets = {"train": ingest.train_dataset(loop_config["train_uris"], store, t.seed)}
+        uris, size = loop_config["train_uris"], loop_config.get("image_size")
+        datasets = {"train": ingest.train_dataset(uris, store, t.seed, size)}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -297,7 +299,28 @@ def resume_report(store: Store, root: str, run_id: str) -> str:
         log.warning("skipping a damaged checkpoint: %s", problem)
     if saved is not None:
         log.info("resuming from %s (epoch %d)", folder, saved["epoch"])
-    return MlflowClient().get_run(run_id).info.status
+    status = MlflowClient().get_run(run_id).info.status
+    if saved is None and damaged_checkpoints(store, root):  # never a silent restart from epoch 1
+        msg = (
+            f"{root}: every checkpoint is damaged ({len(problems)}: {problems[0]}); training would restart "
+            "from epoch 1. Restore the checkpoints, or remove that folder (or set a new train.run_name) to "
+            "train from scratch"
+        )
+        MlflowClient().set_tag(run_id, "last_attempt_error", msg[:500])
+        if status == "RUNNING":
+            MlflowClient().set_terminated(run_id, status="FAILED")
+        raise UserError(msg)
+    return status
+
+
+def damaged_checkpoints(store: Store, root: str) -> list[str]:
+    """The checkpoint folders under ``root`` that hold a state file (a folder without one is an upload
+    that never finished, not a damaged checkpoint)."""
+    try:
+        folders = [d for d in store.list_dirs(root) if d.startswith("epoch_")]
+    except OSError:
+        return []
+    return [d for d in folders if store.exists(storage.join(root, d, STATE_FILE))]
 
 
 def training_failed(key: str, run_id: str, prior_status: str, exc: Exception) -> Exception:
@@ -403,6 +426,7 @@ def train(
         "run_id": run_id,
         "tracking_uri": uri,
         "checkpoint_root": local_absolute(store.uri("ray", key)),
+        "image_size": image_size,  # every training row must be this size (the readers check each one)
     }
     prior_status = resume_report(store, loop_config["checkpoint_root"], run_id)
     trainer = make_trainer(params, loop_config, key, callbacks=callbacks, worker_env=worker_env)
@@ -465,7 +489,7 @@ def calibrate_strength(
 
     if not params.train.calibrate or model.head.head == "image":
         return res.spec, {}
-    val = ShardDataset(val_uris, store=store, shuffle=False, even=False)
+    val = ShardDataset(val_uris, store=store, shuffle=False, even=False, image_size=res.image_size)
     strength, table = fit_strength(model, DataLoader(val, batch_size=64, num_workers=0))
     log.info(
         "strength %.2f fitted on the val split: val fMSE %.2f (%.2f as trained)",

@@ -87,9 +87,11 @@ def save_state(state: engine.TrainState, directory: str) -> None:
 
 def make_loaders(config: dict, rank: int, world: int):
     t = config["params"].train
+    size = config.get("image_size")  # each row is checked against it before its PNGs are decoded
     train_ds = ShardDataset(
-        config["train_uris"], hflip=t.hflip, rank=rank, world_size=world, seed=t.seed, store=config["store"]
-    )
+        config["train_uris"], hflip=t.hflip, rank=rank, world_size=world, seed=t.seed, store=config["store"],
+        image_size=size,
+    )  # fmt: skip
     val_ds = ShardDataset(
         config["val_uris"],
         rank=rank,
@@ -98,6 +100,7 @@ def make_loaders(config: dict, rank: int, world: int):
         store=config["store"],
         shuffle=False,
         even=False,
+        image_size=size,
     )
     train_loader = DataLoader(train_ds, batch_size=t.batch_size, drop_last=True, num_workers=0)
     val_loader = DataLoader(val_ds, batch_size=max(t.batch_size, 16), num_workers=0)

@@ -146,6 +146,9 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     sample_grid: int = 4  # validation samples in the per-epoch grid PNG
     checkpoints_to_keep: int = 2
+    # Every checkpoint of a run damaged (none passes its sha256): false stops with an error naming the
+    # folder; true trains again from epoch 1 beside the damaged folders (an explicit choice, never silent).
+    restart_if_damaged: bool = False
     keep: str = "last"  # the model a run produces: last (epoch) | best (lowest val fMSE; early stopping)
     weights_out: str = "models/generator.pt"
     metrics_out: str = "metrics/train.json"

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 # Settings that may change between a run and its resume without changing what is being trained.
 RESUMABLE_KEYS = {
     "run_name", "experiment", "epochs", "decay_epochs", "use_gpu", "cpus_per_worker", "gpus_per_worker",
-    "max_failures", "log_every_steps", "sample_grid", "checkpoints_to_keep", "amp",
+    "max_failures", "log_every_steps", "sample_grid", "checkpoints_to_keep", "restart_if_damaged", "amp",
     "weights_out", "metrics_out", "plots_out", "keep", "calibrate",
 }  # fmt: skip
 # Non-secret settings the workers need when they run on other machines (endpoints, region, tracking).
@@ -289,7 +289,7 @@ def validate(params: Params) -> None:
         raise UserError(f"train.loss={t.loss!r}: expected one of {', '.join(losses.RECONSTRUCTION_LOSSES)}")
 
 
-def resume_report(store: Store, root: str, run_id: str) -> str:
+def resume_report(store: Store, root: str, run_id: str, restart_if_damaged: bool = False) -> str:
     """Say which checkpoint a training resumes from and which damaged ones it skips (the workers pick
     the same: ``loop.newest_state``); returns the MLflow run's status before this attempt."""
     from mlflow import MlflowClient
@@ -301,10 +301,13 @@ def resume_report(store: Store, root: str, run_id: str) -> str:
         log.info("resuming from %s (epoch %d)", folder, saved["epoch"])
     status = MlflowClient().get_run(run_id).info.status
     if saved is None and damaged_checkpoints(store, root):  # never a silent restart from epoch 1
+        if restart_if_damaged:
+            log.warning("%s: every checkpoint is damaged; training again from epoch 1 (restart_if_damaged)", root)
+            return status
         msg = (
             f"{root}: every checkpoint is damaged ({len(problems)}: {problems[0]}); training would restart "
-            "from epoch 1. Restore the checkpoints, or remove that folder (or set a new train.run_name) to "
-            "train from scratch"
+            "from epoch 1. Restore the checkpoints, or set train.restart_if_damaged=true to train again from "
+            "epoch 1"
         )
         MlflowClient().set_tag(run_id, "last_attempt_error", msg[:500])
         if status == "RUNNING":
@@ -428,7 +431,7 @@ def train(
         "checkpoint_root": local_absolute(store.uri("ray", key)),
         "image_size": image_size,  # every training row must be this size (the readers check each one)
     }
-    prior_status = resume_report(store, loop_config["checkpoint_root"], run_id)
+    prior_status = resume_report(store, loop_config["checkpoint_root"], run_id, t.restart_if_damaged)
     trainer = make_trainer(params, loop_config, key, callbacks=callbacks, worker_env=worker_env)
     try:
         trainer.fit()

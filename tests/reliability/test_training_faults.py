@@ -71,8 +71,19 @@ def test_truncated_checkpoints_fall_back_and_a_finished_run_stays_finished(tiny_
         assert (path.parent / (STATE_FILE + HASH_SUFFIX)).is_file()
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated, as by a full disk
 
-    # A rerun that fails (injected after epoch 1, no checkpoint intact: it starts over) leaves the
-    # earlier FINISHED run FINISHED, with the failure as a tag.
+    # Every checkpoint damaged: no silent restart from epoch 1, an error naming the folder (exit 2),
+    # before anything trains; the FINISHED run stays FINISHED, the reason in a tag.
+    refused = run_train(proj, args, env=env)
+    assert refused.returncode == 2, refused.stdout[-3000:] + refused.stderr[-3000:]
+    line = refused.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {key_dir}: every checkpoint is damaged (2: ") and "restart_if_damaged" in line
+    run = the_run(client)
+    assert run.info.status == "FINISHED" and "every checkpoint is damaged" in run.data.tags["last_attempt_error"]
+    assert sorted(p.name for p in key_dir.glob("epoch_*")) == ["epoch_0001", "epoch_0002"]  # nothing trained
+
+    # Asked for (train.restart_if_damaged), a rerun starts over; one that fails (injected after epoch 1)
+    # leaves the earlier FINISHED run FINISHED, with the failure as a tag.
+    args = [*args, "train.restart_if_damaged=true"]
     failed = run_train(proj, args, env={**env, "HARMONIZE_FAULT_AFTER_EPOCH": "1"})
     assert failed.returncode != 0
     out = failed.stdout + failed.stderr

@@ -35,3 +35,15 @@ def test_profile_merges_over_params(tmp_path):
     (tmp_path / "profiles" / "big.yaml").write_text("train:\n  epochs: 200\n")
     p = load_params(tmp_path / "params.yaml", profile="big")
     assert (p.train.epochs, p.train.batch_size) == (200, 4)
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "nan", "-inf"])
+def test_nan_and_inf_are_refused_for_every_float_key(tmp_path, value):
+    """Keys without a range too (a NaN loss weight trains nothing and used to exit 0), in a params file
+    and through -S alike."""
+    f = tmp_path / "params.yaml"
+    f.write_text(f"train:\n  lambda_l1: {value}\n")
+    with pytest.raises(ConfigError, match=r"train\.lambda_l1: expected a finite number"):
+        load_params(f)
+    with pytest.raises(ConfigError, match=r"prepare\.fg_mse_max: expected a finite number"):
+        load_params(REPO / "params.yaml", [f"prepare.fg_mse_max={value}"])

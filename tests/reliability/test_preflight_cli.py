@@ -34,6 +34,7 @@ def runs_in(db) -> list[tuple[str, str]]:
         ("train.num_workers=0", "train.num_workers=0: expected at least 1"),
         ("train.lr=fast", "train.lr: expected a number, got 'fast'"),
         ("train.epochs=2.5", "train.epochs: expected an integer, got 2.5"),
+        ("train.lambda_l1=.nan", "train.lambda_l1: expected a finite number, got nan"),  # no range: still refused
     ],
 )
 def test_bad_params_exit_2_with_one_line(tmp_path, override, message):

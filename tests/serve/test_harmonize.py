@@ -207,6 +207,15 @@ def test_harmonize_never_overwrites_inputs_or_outputs(generators, tmp_path, capl
     out = tmp_path / "out"
     assert cli.main([*model, str(folder), "-o", str(out)]) == 1  # one of the two skipped, reported
     assert [p.name for p in out.iterdir()] == ["a.png"]
+    (out / "a.png").write_bytes(b"an earlier result")  # an output already there: refused, untouched
+    with pytest.raises(UserError, match=rf"-o {out}: {out / 'a.png'} already exists; pass --overwrite"):
+        cli.main([*model, str(folder), "-o", str(out)])
+    assert (out / "a.png").read_bytes() == b"an earlier result"
+    single = [*model, str(folder / "a.jpg"), str(folder / "a_mask.png"), "-o", str(out / "a.png")]
+    with pytest.raises(UserError, match="already exists; pass --overwrite"):
+        cli.main(single)
+    assert cli.main([*single, "--overwrite"]) == 0 and (out / "a.png").read_bytes()[:4] == b"\x89PNG"
+    assert cli.main([*model, str(folder), "-o", str(out), "--overwrite"]) == 1  # replaced, a.png's twin skipped
 
     full = np.full((40, 60), 255, np.uint8)
     Image.fromarray(full).save(folder / "a_mask.png")

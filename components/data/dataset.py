@@ -3,9 +3,10 @@
 ``prepare`` writes every shard of a new version under ``<root>/datasets/<name>/v-<id>/`` (a prefix
 no reader looks at), then publishes the version by writing ``<root>/datasets/<name>/manifest.json``
 last: a temporary file renamed over the old one locally, a single PUT on S3 (atomic per object). A
-run killed before that leaves the previous dataset whole; its unfinished version folder (and any
-unfinished S3 multipart upload under the dataset's prefix) is removed by the next successful publish,
-which never removes the version its manifest points at.
+run killed before that leaves the previous dataset whole. A writer holds the dataset's lock
+(``components.data.lock``) throughout, so it may remove what other runs left (versions of dead runs,
+unfinished multipart uploads) before it writes and the previous version after it publishes; a run
+that fails removes its own unpublished version and nothing else.
 
 Readers (train, evaluate, ablate) open a dataset only through :func:`open_dataset`, which checks every
 shard against the manifest (size, Parquet row count, sha256) and fails with a ``DatasetError`` naming

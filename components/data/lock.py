@@ -59,6 +59,13 @@ def _describe(data: bytes) -> str:
         return "a writer that left no readable record"
 
 
+def _token(data: bytes) -> str | None:
+    try:
+        return json.loads(data).get("token")
+    except (ValueError, AttributeError):
+        return None
+
+
 class DatasetLock:
     """``with DatasetLock(store, name):`` -- exclusive right to write ``<root>/datasets/<name>``."""
 
@@ -76,10 +83,15 @@ class DatasetLock:
     # -- taking and giving back ------------------------------------------------------------------------
 
     def acquire(self) -> DatasetLock:
-        if self.store.is_s3:
-            self._acquire_s3()
-        else:
-            self._acquire_local()
+        try:
+            if self.store.is_s3:
+                self._acquire_s3()
+            else:
+                self._acquire_local()
+        except DatasetLocked:
+            raise
+        except OSError as exc:  # no permission on the lock, the server out of reach
+            raise UserError(f"{self.uri}: cannot take the dataset's lock ({exc})") from None
         return self
 
     def _busy(self, who: str) -> DatasetLocked:
@@ -151,7 +163,7 @@ class DatasetLock:
             return
         if self._lost is None:
             current = self.store.get_with_etag(self.uri)
-            if current is None or json.loads(current[0]).get("token") != self.token:
+            if current is None or _token(current[0]) != self.token:
                 self._lost = f"{self.uri}: the lease expired and was taken over by another prepare"
         if self._lost:
             raise DatasetLocked(f"{self._lost}; this run's dataset version is not published")

@@ -225,7 +225,8 @@ class Store:
         try:
             self.write_bytes(probe, b"prepare pre-flight\n")
             step = "list"
-            if probe.removeprefix("s3://") not in {f.removeprefix("s3://") for f in self.list_files(uri)}:
+            name = posixpath.basename(probe)  # listed as absolute paths, the root may be relative
+            if name not in {posixpath.basename(f) for f in self.list_files(uri)}:
                 raise OSError(f"{probe} was written but is not listed")
             step = "delete"
             self.delete(probe)

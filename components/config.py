@@ -224,6 +224,7 @@ class HarmonizeConfig:
     max_pixels: int = 64_000_000  # larger inputs are refused (memory): about 8000x8000
     mapping: str = "poly2"  # low-res -> full-res: poly2, poly3, affine (colour mappings) or upsample
     device: str = "auto"
+    batch_size: int = 16  # a folder: pairs per network batch (and at most max_pixels pixels together)
 
 
 @dataclass

@@ -14,6 +14,7 @@ import csv
 import hashlib
 import heapq
 import io
+import itertools
 import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -22,17 +23,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from components import metrics
+from components import metrics, paper_protocol
 from components.data import iharmony4, images
 from components.data.images import InputError
 from components.storage import Store
 
 log = logging.getLogger(__name__)
+PAPER_PROTOCOL = (
+    "RainNet authors' evaluate.py: composite, mask and real resized to the network's size as their loader does "
+    "(bilinear; mask binarized, nearest), outputs to uint8 by tensor2im (truncation); MSE and PSNR by "
+    "scikit-image (uncapped), fMSE and fPSNR as iHarmony4 (docs/PAPER_PROTOCOL.md)"
+)
 
 PER_IMAGE_COLUMNS = (
     "path", "subset", "method", "width", "height", "fg_ratio", "mse", "psnr", "fmse", "fpsnr",
     "composite_mse", "composite_psnr", "composite_fmse", "composite_fpsnr",
-    "paper_mse", "paper_psnr", "paper_fmse", "paper_fpsnr",
+    "paper_fg_ratio", "paper_mse", "paper_psnr", "paper_fmse", "paper_fpsnr",
     "paper_composite_mse", "paper_composite_psnr", "paper_composite_fmse", "paper_composite_fpsnr",
 )  # fmt: skip
 
@@ -159,31 +165,43 @@ def _scores(pred: np.ndarray, real: np.ndarray, mask: np.ndarray, prefix: str = 
     }  # fmt: skip
 
 
+def score_batch(predictor, batch: list[tuple[Sample, tuple]]) -> list[dict]:
+    """Per-image rows of a batch of (sample, (composite, mask, real)): native-resolution metrics of the
+    model and the composite, and ``paper_*`` (``components.paper_protocol``). The network runs once on
+    the batch for each protocol."""
+    prepared = [predictor.prepare(comp, mask, name=sample.path) for sample, (comp, mask, _) in batch]
+    native = predictor.finish(prepared)
+    paper = paper_protocol.evaluate_batch(predictor.model, [loaded for _, loaded in batch],
+                                          predictor.image_size, predictor.device)  # fmt: skip
+    rows = []
+    for (sample, (comp, mask, real)), (out, _), pp in zip(batch, native, paper, strict=True):
+        row = {"path": sample.path, "subset": sample.subset, "method": sample.method}
+        row |= {"width": comp.shape[1], "height": comp.shape[0]}
+        row |= _scores(out, real, mask)
+        row |= {f"composite_{k}": v for k, v in _scores(comp, real, mask).items() if k in metrics.METRICS}
+        row |= {f"paper_{k}": float(pp["harmonized"][k]) for k in (*metrics.METRICS, "fg_ratio")}
+        row |= {f"paper_composite_{k}": float(pp["composite"][k]) for k in metrics.METRICS}
+        row["paper_empty_fg"] = bool(pp["harmonized"]["empty_fg"])
+        rows.append(row)
+    return rows
+
+
 def score_sample(predictor, sample: Sample, loaded: tuple) -> dict:
-    """One per-image row: native-resolution metrics of the model and the composite, and ``paper_*``."""
-    comp, mask, real = loaded
-    native, paper = predictor.predict_with_protocol(comp, mask, name=sample.path)
-    s = predictor.image_size
-    low_real, low_mask = images.resize_image(real, s), images.resize_mask(mask, s)
-    low_comp = images.resize_image(comp, s)
-    row = {"path": sample.path, "subset": sample.subset, "method": sample.method}
-    row |= {"width": comp.shape[1], "height": comp.shape[0]}
-    row |= _scores(native, real, mask)
-    row |= {f"composite_{k}": v for k, v in _scores(comp, real, mask).items() if k in metrics.METRICS}
-    row |= {k: v for k, v in _scores(paper, low_real, low_mask, "paper_").items() if not k.endswith("empty_fg")}
-    comp_low = _scores(low_comp, low_real, low_mask)
-    row |= {f"paper_composite_{k}": comp_low[k] for k in metrics.METRICS}
-    return row
+    """One per-image row (``score_batch`` of one)."""
+    return score_batch(predictor, [(sample, loaded)])[0]
 
 
-def evaluate(predictor, samples: Iterable[Sample], progress: bool = True) -> list[dict]:
-    """Per-image rows (``score_sample``) for every sample, through the predictor users get."""
+def evaluate(predictor, samples: Iterable[Sample], progress: bool = True, batch_size: int | None = None) -> list[dict]:
+    """Per-image rows (``score_batch``) for every sample, through the predictor users get, in batches of
+    ``batch_size`` (default: the predictor's), with a progress bar."""
     from tqdm import tqdm
 
-    rows = []
-    for sample, loaded in tqdm(iter_loaded(samples), total=len(samples), desc="evaluate", unit="img",
-                               disable=not progress):  # fmt: skip
-        rows.append(score_sample(predictor, sample, loaded))
+    size = batch_size or predictor.batch_size
+    rows: list[dict] = []
+    with tqdm(total=len(samples), desc="evaluate", unit="img", disable=not progress) as bar:
+        for batch in itertools.batched(iter_loaded(samples), size):
+            rows += score_batch(predictor, list(batch))
+            bar.update(len(batch))
     return rows
 
 
@@ -197,11 +215,12 @@ def showcase(predictor, samples: Iterable[Sample], count: int, label: str = "out
     return showcase_png(rows, {label: predictor})
 
 
-def _as(rows: list[dict], src: str, composite_src: str) -> list[dict]:
-    """Rows with ``src`` metrics as the prediction, binned by ``composite_src``'s fMSE."""
+def _as(rows: list[dict], src: str, composite_src: str, fg: str = "") -> list[dict]:
+    """Rows with ``src`` metrics as the prediction, binned by ``composite_src``'s fMSE and by the
+    ``{fg}fg_ratio`` foreground fraction."""
     out = []
     for r in rows:
-        row = {"subset": r["subset"], "fg_ratio": r["fg_ratio"], "empty_fg": r.get("empty_fg", False)}
+        row = {"subset": r["subset"], "fg_ratio": r[f"{fg}fg_ratio"], "empty_fg": r.get(f"{fg}empty_fg", False)}
         row |= {k: r[f"{src}{k}"] for k in metrics.METRICS}
         row["composite_fmse"] = r[f"{composite_src}fmse"]
         out.append(row)
@@ -209,14 +228,15 @@ def _as(rows: list[dict], src: str, composite_src: str) -> list[dict]:
 
 
 def summaries(rows: list[dict]) -> dict[str, dict]:
-    """``{"composite", "harmonized"}`` at native resolution, and ``"paper"``: the same pair at the
-    network's size. The composite comes first, always."""
+    """``{"composite", "harmonized"}`` at native resolution, and ``"paper"``: the same pair by the
+    paper's protocol (``components.paper_protocol``), overall and per subset. The composite comes first."""
     return {
         "composite": metrics.summarize(_as(rows, "composite_", "composite_")),
         "harmonized": metrics.summarize(_as(rows, "", "composite_")),
         "paper": {
-            "composite": metrics.summarize(_as(rows, "paper_composite_", "paper_composite_")),
-            "harmonized": metrics.summarize(_as(rows, "paper_", "paper_composite_")),
+            "protocol": PAPER_PROTOCOL,
+            "composite": metrics.summarize(_as(rows, "paper_composite_", "paper_composite_", "paper_")),
+            "harmonized": metrics.summarize(_as(rows, "paper_", "paper_composite_", "paper_")),
         },
     }
 
@@ -275,18 +295,17 @@ def summary_markdown(
             )
         lines.append("")
     if "paper" in tables:
-        lines += [f"### Paper protocol (the network alone at {size}x{size} in and out)", ""]
-        lines += _tables(tables["paper"], model_label, overall_only=True)
+        lines += [f"### Paper protocol (the authors' evaluate.py, the network alone at {size}x{size})", ""]
+        lines += _tables(tables["paper"], model_label, subsets_only=True)
     return "\n".join(lines)
 
 
-def _tables(tables: dict, model_label: str, overall_only: bool = False) -> list[str]:
+def _tables(tables: dict, model_label: str, subsets_only: bool = False) -> list[str]:
     lines = []
     order = [("composite (no harmonization)", tables["composite"]), (model_label, tables["harmonized"])]
-    sections = [("overall", lambda s: {"all": s["overall"]})]
-    if not overall_only:
+    sections = [("overall", lambda s: {"all": s["overall"]}), ("per subset", lambda s: s["by_subset"])]
+    if not subsets_only:
         sections += [
-            ("per subset", lambda s: s["by_subset"]),
             ("by foreground ratio (%)", lambda s: s["by_fg_ratio"]),
             ("by the composite's own fMSE", lambda s: s.get("by_composite_error", {})),
         ]

@@ -70,7 +70,8 @@ def run(params) -> dict:
     mult = int(getattr(model, "image_size_multiple", 1) or 1)
     if size % mult:
         raise UserError(f"evaluate.image_size={size} must be a multiple of {mult} for this generator")
-    predictor = Predictor(model, size, mapping=params.harmonize.mapping, device=cfg.device, info=info)
+    predictor = Predictor(model, size, mapping=params.harmonize.mapping, device=cfg.device, info=info,
+                          batch_size=cfg.batch_size)  # fmt: skip
 
     dataset_hash = None
     try:
@@ -102,8 +103,9 @@ def run(params) -> dict:
     name = cfg.run_name or "eval-" + tracking.run_name(spec, data_name)
     flat = metrics.flatten_summary(tables["harmonized"], "test")
     flat.update(metrics.flatten_summary(tables["composite"], "composite", groups=False))
-    flat.update(metrics.flatten_summary(tables["paper"]["harmonized"], "paper", groups=False))
-    flat.update(metrics.flatten_summary(tables["paper"]["composite"], "paper_composite", groups=False))
+    for key, prefix in (("harmonized", "paper"), ("composite", "paper_composite")):  # apart: paper_* names
+        by_subset = {k: tables["paper"][key][k] for k in ("overall", "by_subset")}
+        flat.update(metrics.flatten_summary(by_subset, prefix))
     tags = tracking.standard_tags(
         params, meta.get("dataset_hash") or dataset_hash,
         model_uri=cfg.model, model_run_id=train_run or "unknown", test_set=test_set, eval_data=cfg.data or f"shards:{data_name}",

@@ -21,6 +21,7 @@ from components.predictor import Predictor
 from components.storage import Store
 
 log = logging.getLogger("harmonize")
+GROUP_PIXELS = 64_000_000  # full-resolution pixels held for one network batch when max_pixels is unset
 
 
 def find_pairs(folder: str, store: Store | None = None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -161,17 +162,41 @@ def harmonize_folder(
     from tqdm import tqdm
 
     written = 0
-    for comp, mask in tqdm(pairs, desc="harmonize", unit="img"):
-        target = storage.join(output, _stem(comp) + ".png")
-        try:
-            store.write_bytes(target, encode_image(harmonizer.harmonize_files(comp, mask, store), target))
-            written += 1
-        except InputError as exc:
-            skipped.append((comp, str(exc)))
+    with tqdm(total=len(pairs), desc="harmonize", unit="img") as bar:
+        for group in _groups(harmonizer, pairs, store, skipped, bar):
+            for (comp, _), (out, _) in zip(group, harmonizer.finish([p for _, p in group]), strict=True):
+                target = storage.join(output, _stem(comp) + ".png")
+                store.write_bytes(target, encode_image(out, target))
+                written += 1
+            bar.update(len(group))
     for comp, reason in skipped:
         print(f"skipped {comp}: {reason}", file=sys.stderr)
     print(f"harmonized {written} of {written + len(skipped)} composites into {output}", file=sys.stderr)
     return 1 if skipped else 0
+
+
+def _groups(harmonizer: Predictor, pairs, store: Store, skipped: list, bar):
+    """Read and check the pairs; yield groups of ``(pair, Prepared)`` for one network batch each: at most
+    ``batch_size`` pairs and ``max_pixels`` full-resolution pixels together (memory stays that of one
+    large image). A bad pair is skipped with its reason, and the others go on."""
+    group, pixels = [], 0
+    budget = harmonizer.max_pixels or GROUP_PIXELS
+    for comp, mask in pairs:
+        try:
+            image, alpha = harmonizer.read_pair(comp, mask, store)
+            prepared = harmonizer.prepare(image, alpha, name=comp)
+        except InputError as exc:
+            skipped.append((comp, str(exc)))
+            bar.update(1)
+            continue
+        n = image.shape[0] * image.shape[1]
+        if group and (len(group) >= harmonizer.batch_size or pixels + n > budget):
+            yield group
+            group, pixels = [], 0
+        group.append(((comp, mask), prepared))
+        pixels += n
+    if group:
+        yield group
 
 
 def load(cfg: HarmonizeConfig, tracking_uri: str | None = None) -> Predictor:
@@ -186,7 +211,8 @@ def load(cfg: HarmonizeConfig, tracking_uri: str | None = None) -> Predictor:
             raise UserError(f"model {cfg.model}: {exc}") from None
     try:
         return Predictor.from_uri(
-            cfg.model, device=cfg.device, mapping=cfg.mapping, max_pixels=cfg.max_pixels
+            cfg.model, device=cfg.device, mapping=cfg.mapping, max_pixels=cfg.max_pixels,
+            batch_size=cfg.batch_size,
         )
     except CheckpointError as exc:
         raise UserError(f"model {cfg.model}: {exc}{tracking.store_note(cfg.model)}") from None

@@ -134,6 +134,15 @@ class ColourMapping:
             out[s : s + _CHUNK] = np.clip(np.rint(y * 255.0), 0, 255).astype(np.uint8)
         return out
 
+    def apply_levels(self, x, *_band):
+        """The same on float32 levels (a torch (..., 3) band, as ``apply_in_bands`` gives) -> levels, unrounded."""
+        import torch
+
+        u = x.reshape(-1, 3).numpy() / np.float32(255.0)
+        coef = self.coef.astype(np.float32)
+        y = u + coef[0] if self.kind == "shift" else _features(u, self.kind) @ coef
+        return torch.from_numpy(y * np.float32(255.0)).reshape(x.shape)
+
 
 def _as_unit(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32)
@@ -152,28 +161,6 @@ def fit_pixels(area: np.ndarray, min_pixels: int = 32) -> np.ndarray:
     return inside
 
 
-def paste(composite: np.ndarray, mask: np.ndarray, new_fg: np.ndarray, fg_index: np.ndarray) -> np.ndarray:
-    """Blend ``new_fg`` (colours of the pixels ``fg_index``) into a copy of the composite by the mask alpha.
-
-    Pixels with mask 0 are never written, so the background is pixel-identical to the input.
-    """
-    out = composite.copy()
-    flat_out = out.reshape(-1, 3)
-    flat_comp = composite.reshape(-1, 3)
-    alpha = mask.reshape(-1)
-    for s in range(0, len(fg_index), _CHUNK):
-        idx = fg_index[s : s + _CHUNK]
-        flat_out[idx] = blend(flat_comp[idx], alpha[idx], new_fg[s : s + _CHUNK])
-    return out
-
-
-def blend(composite: np.ndarray, alpha: np.ndarray, new: np.ndarray) -> np.ndarray:
-    """``composite + alpha * (new - composite)`` rounded to uint8; alpha 0..255 (..., ) beside (..., 3)."""
-    a = alpha.astype(np.float32)[..., None] / 255.0
-    c = composite.astype(np.float32)
-    return np.clip(np.rint(c + a * (new.astype(np.float32) - c)), 0, 255).astype(np.uint8)
-
-
 def upscale_to_full(
     composite: np.ndarray, mask: np.ndarray, low_comp: np.ndarray, low_out: np.ndarray, area: np.ndarray,
     mapping: str = "poly2",
@@ -181,45 +168,104 @@ def upscale_to_full(
     """Carry a low-resolution harmonization (``low_comp`` -> ``low_out``) to the full-resolution composite."""
     if mapping not in MAPPINGS:
         raise ValueError(f"unknown mapping {mapping!r}; known: {list(MAPPINGS)}")
-    fg_index = np.flatnonzero(mask.reshape(-1) > 0)
     h, w = composite.shape[:2]
     if mapping == "upsample":
         up = np.asarray(Image.fromarray(low_out).resize((w, h), Image.BILINEAR))
-        return paste(composite, mask, up.reshape(-1, 3)[fg_index], fg_index)
+        return apply_in_bands(composite, mask, lambda x, r0, r1, c0, c1: _torch().from_numpy(up[r0:r1, c0:c1]))
     sel = fit_pixels(area)
     cmap = ColourMapping.fit(low_comp[sel], low_out[sel], kind=mapping)
-    new_fg = cmap.apply(composite.reshape(-1, 3)[fg_index])
-    return paste(composite, mask, new_fg, fg_index)
+    return apply_in_bands(composite, mask, cmap.apply_levels)
 
 
 # --------------------------------------------------------------------------------------------------
-# Colour transforms at full resolution
+# Colour changes at full resolution, a band of rows at a time
 # --------------------------------------------------------------------------------------------------
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def apply_in_bands(composite: np.ndarray, mask: np.ndarray, colour) -> np.ndarray:
+    """A copy of ``composite`` whose foreground gets ``colour``, blended in by the mask's alpha.
+
+    One pass over the mask's bounding box, a band of rows at a time (memory stays bounded at any size):
+    ``colour(x, r0, r1, c0, c1)`` gets the band's pixels as float32 levels (rows, cols, 3) and returns
+    the new colours as levels (unrounded; they are clamped to 0..255 and rounded here), and the result
+    is ``composite + alpha * (new - composite)``, rounded. Pixels outside the box or
+    with alpha 0 are copied untouched, so the background is byte-identical to the input.
+    """
+    import torch
+
+    out = composite.copy()
+    rows = np.flatnonzero(mask.any(axis=1))
+    if not len(rows):
+        return out
+    cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))
+    r_lo, r_hi, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    per_band = max(1, _CHUNK // (c1 - c0))
+    for r0 in range(r_lo, r_hi, per_band):
+        r1 = min(r_hi, r0 + per_band)
+        comp, alpha = composite[r0:r1, c0:c1], mask[r0:r1, c0:c1]
+        x = torch.from_numpy(comp.astype(np.float32))
+        new = colour(x, r0, r1, c0, c1).float().clamp_(0, 255).round_().to(torch.uint8).numpy()
+        res = np.where(alpha[..., None] > 0, new, comp)  # alpha 255: the new colour; 0: the input
+        soft = (alpha > 0) & (alpha < 255)
+        if soft.any():  # the object's soft edge: composite + alpha * (new - composite), rounded
+            c = comp[soft].astype(np.float32)
+            a = alpha[soft].astype(np.float32)[:, None] / np.float32(255.0)
+            res[soft] = np.clip(np.rint(c + a * (new[soft].astype(np.float32) - c)), 0, 255).astype(np.uint8)
+        out[r0:r1, c0:c1] = res
+    return out
+
+
+def transform_levels(transform) -> tuple:
+    """A transform map (1, 12, h, w) on [-1, 1] RGB as the same map on 0..255 levels: ``(dA, offset)``.
+
+    ``out = x + dA x + b`` on ``x = u / 127.5 - 1`` is, on levels ``u``, ``new = u + dA (u - 127.5) +
+    127.5 b``; the clamp to [-1, 1] is the clamp to 0..255. Raises ``ValueError`` on a non-finite map: the
+    check is done here, once, on the network's small output, not over the full-resolution pixels.
+    """
+    import torch
+
+    t = transform.detach().float().cpu()
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError("the network's colour transform has non-finite values (NaN or inf)")
+    return t[:, :9], t[:, 9:12] * 127.5
 
 
 def apply_transform_full(composite: np.ndarray, mask: np.ndarray, transform) -> np.ndarray:
     """Apply a network-resolution transform map (1, 12, h, w) to a full-resolution composite.
 
-    Bands of rows: the map is upsampled for the band only, applied in float32, rounded to uint8 and
-    blended in by the mask alpha; rows with no foreground are copied as they are.
+    Applied on uint8 levels in one pass over the foreground's bounding box, a band of rows at a time
+    (``apply_in_bands``): a per-image map (``affine``, (1, 12, 1, 1)) is one 3x3 matrix product per pixel;
+    a per-pixel map (``pct``) is upsampled bilinearly for the band only (``upsample_rows``).
     """
     import torch
 
-    from components.models.heads import apply_transform, upsample_rows
+    from components.models.heads import upsample_rows
 
     h, w = composite.shape[:2]
-    out = composite.copy()
-    rows_per_band = max(1, _CHUNK // max(w, 1))
-    has_fg = (mask > 0).any(axis=1)
-    t = transform.detach().float().cpu()
-    for r0 in range(0, h, rows_per_band):
-        r1 = min(h, r0 + rows_per_band)
-        if not has_fg[r0:r1].any():
-            continue
-        band = images.from_uint8(torch.from_numpy(composite[r0:r1])).permute(2, 0, 1)[None]
-        new = images.to_uint8(apply_transform(upsample_rows(t, h, w, r0, r1), band))[0].permute(1, 2, 0)
-        out[r0:r1] = blend(composite[r0:r1], mask[r0:r1], new.numpy())
-    return out
+    da, offset = transform_levels(transform)
+    if da.shape[-2:] == (1, 1):
+        a = torch.eye(3) + da.reshape(3, 3)
+        bias = (offset.reshape(3) + 127.5 * (1.0 - a.sum(dim=1))).contiguous()
+
+        def colour(x, r0, r1, c0, c1):  # u + dA (u - 127.5) + 127.5 b  =  A u + (127.5 b + 127.5 (1 - A 1))
+            return torch.addmm(bias, x.reshape(-1, 3), a.T).reshape(x.shape)
+
+        return apply_in_bands(composite, mask, colour)
+    full = torch.cat([da, offset], 1)
+
+    def colour_map(x, r0, r1, c0, c1):
+        p = upsample_rows(full, h, w, r0, r1)[0, :, :, c0:c1].permute(1, 2, 0)  # (rows, cols, 12)
+        xc = x - 127.5
+        d = torch.einsum("hwck,hwk->hwc", p[..., :9].reshape(*p.shape[:2], 3, 3), xc)
+        return x + d + p[..., 9:12]
+
+    return apply_in_bands(composite, mask, colour_map)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -243,6 +289,16 @@ class NetworkOutput:
     transforms: object | None  # torch.Tensor (N, 12, S, S) or (N, 12, 1, 1)
 
 
+@dataclass
+class Prepared:
+    """A checked pair at native size (uint8 composite, 0..255 alpha) and at the network's (bool mask)."""
+
+    composite: np.ndarray
+    mask: np.ndarray
+    low_comp: np.ndarray
+    low_mask: np.ndarray
+
+
 class Predictor:
     """``Predictor.from_uri("models:/rainnet@champion")(composite, mask)`` -> harmonized uint8 image.
 
@@ -258,6 +314,7 @@ class Predictor:
         max_pixels: int | None = None,
         device="auto",
         info: dict | None = None,
+        batch_size: int = 16,
     ):
         if mapping not in MAPPINGS:
             raise ValueError(f"unknown mapping {mapping!r}; known: {list(MAPPINGS)}")
@@ -266,6 +323,7 @@ class Predictor:
         self.image_size = int(image_size)
         self.mapping = mapping
         self.max_pixels = max_pixels
+        self.batch_size = max(1, int(batch_size))
         self.info = info or {}
         self.head = getattr(getattr(model, "head", None), "head", "image")
 
@@ -279,14 +337,21 @@ class Predictor:
 
     # -- the network at its own size --------------------------------------------------------------
     def network(self, composites: np.ndarray, masks: np.ndarray) -> NetworkOutput:
-        """uint8 (N, S, S, 3) composites and (N, S, S) masks at the network's size -> ``NetworkOutput``."""
+        """uint8 (N, S, S, 3) composites and (N, S, S) masks at the network's size -> ``NetworkOutput``,
+        in batches of ``batch_size``."""
         import torch
 
+        outs, transforms = [], []
         with torch.inference_mode():
-            x, m = images.batch_to_tensor(composites, masks, self.device)
-            y, aux = self.model(x, m, return_aux=True)
-            t = aux.get("transform")
-            return NetworkOutput(images.images_to_uint8(y), None if t is None else t.float().cpu())
+            for s in range(0, len(composites), self.batch_size):
+                x, m = images.batch_to_tensor(composites[s : s + self.batch_size], masks[s : s + self.batch_size],
+                                              self.device)  # fmt: skip
+                y, aux = self.model(x, m, return_aux=True)
+                outs.append(images.images_to_uint8(y))
+                t = aux.get("transform")
+                transforms.append(None if t is None else t.float().cpu())
+        t = None if transforms[0] is None else torch.cat(transforms)
+        return NetworkOutput(np.concatenate(outs), t)
 
     def to_network_size(self, composite: np.ndarray, mask: np.ndarray, name: str = "input"):
         """(composite, bool mask) at the network's size, resized the way the training shards were."""
@@ -297,8 +362,14 @@ class Predictor:
             raise InputError(f"{name}: the mask is too small to be seen at the network's {s}x{s} input")
         return images.resize_image(composite, s), low_mask
 
+    def prepare(self, composite: np.ndarray, mask: np.ndarray, name: str = "input") -> Prepared:
+        """Check a pair and bring it to the network's size (``InputError`` naming ``name`` if it is bad)."""
+        composite, mask = check_pair(composite, mask, name, self.max_pixels)
+        return Prepared(composite, mask, *self.to_network_size(composite, mask, name))
+
     def paper_protocol(self, composite: np.ndarray, mask: np.ndarray, name: str = "input") -> np.ndarray:
-        """The field's protocol: the network alone at its size in and out -> uint8 (S, S, 3)."""
+        """The network alone at its size in and out -> uint8 (S, S, 3) (the scores of the field's protocol
+        are ``components.paper_protocol``'s)."""
         return self.predict_with_protocol(composite, mask, name)[1]
 
     # -- any size ------------------------------------------------------------------------------------
@@ -310,32 +381,48 @@ class Predictor:
         self, composite: np.ndarray, mask: np.ndarray, name: str = "input"
     ) -> tuple[np.ndarray, np.ndarray]:
         """(harmonized at native size, the network's own output at its size) from one network pass."""
-        composite, mask = check_pair(composite, mask, name, self.max_pixels)
-        s = self.image_size
-        low_comp, low_mask = self.to_network_size(composite, mask, name)
-        net = self.network(low_comp[None], low_mask[None])
-        low_out = net.images[0]
-        if net.transforms is not None:
-            return apply_transform_full(composite, mask, net.transforms[:1]), low_out
-        if composite.shape[:2] == (s, s):
-            fg_index = np.flatnonzero(mask.reshape(-1) > 0)
-            return paste(composite, mask, low_out.reshape(-1, 3)[fg_index], fg_index), low_out
-        area = area_fraction(mask, s)
-        return upscale_to_full(composite, mask, low_comp, low_out, area, self.mapping), low_out
+        return self.finish([self.prepare(composite, mask, name)])[0]
 
     harmonize = __call__
+
+    def finish(self, prepared: Sequence[Prepared]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Prepared pairs of any sizes -> (harmonized at native size, network output) for each.
+
+        Every pair meets the network at its own size, so pairs of any sizes share a batch; each result is
+        then carried to its own image's resolution.
+        """
+        if not prepared:
+            return []
+        net = self.network(np.stack([p.low_comp for p in prepared]), np.stack([p.low_mask for p in prepared]))
+        return [self._full_size(p, net, i) for i, p in enumerate(prepared)]
+
+    def _full_size(self, p: Prepared, net: NetworkOutput, i: int) -> tuple[np.ndarray, np.ndarray]:
+        low_out = net.images[i]
+        s = self.image_size
+        if p.composite.shape[:2] == (s, s):  # the network's own output, blended in by the mask's alpha
+            colour = lambda x, r0, r1, c0, c1: _torch().from_numpy(low_out[r0:r1, c0:c1])  # noqa: E731
+            return apply_in_bands(p.composite, p.mask, colour), low_out
+        if net.transforms is not None:
+            return apply_transform_full(p.composite, p.mask, net.transforms[i : i + 1]), low_out
+        area = area_fraction(p.mask, s)
+        return upscale_to_full(p.composite, p.mask, p.low_comp, low_out, area, self.mapping), low_out
 
     def predict_batch(
         self, composites: Sequence[np.ndarray], masks: Sequence[np.ndarray]
     ) -> list[np.ndarray]:
-        """Many pairs, each at its own size (what the pyfunc model serves)."""
+        """Many pairs, each at its own size (what the pyfunc model serves); the network runs on batches."""
         if len(composites) != len(masks):
             raise InputError(f"{len(composites)} composites but {len(masks)} masks")
-        return [self(c, m, name=f"image {i}") for i, (c, m) in enumerate(zip(composites, masks, strict=True))]
+        prepared = [self.prepare(c, m, name=f"image {i}") for i, (c, m) in enumerate(zip(composites, masks, strict=True))]
+        return [out for out, _ in self.finish(prepared)]
 
     def harmonize_files(self, composite_uri: str, mask_uri: str, store: Store | None = None) -> np.ndarray:
         """Read a (composite, mask) pair (through ``store``, a ``components.storage.Store``) and harmonize
         it; errors name the offending file."""
+        return self(*self.read_pair(composite_uri, mask_uri, store), name=composite_uri)
+
+    def read_pair(self, composite_uri: str, mask_uri: str, store: Store | None = None):
+        """(composite uint8, mask alpha) read through ``store``; ``InputError`` naming the file if bad."""
         comp = images.read_image(composite_uri, self.max_pixels, store)
         mask = images.read_mask(mask_uri, self.max_pixels, store, soft=True)
         if mask.shape != comp.shape[:2]:
@@ -343,4 +430,4 @@ class Predictor:
                 f"{mask_uri}: mask is {mask.shape[1]}x{mask.shape[0]} but the composite {composite_uri} "
                 f"is {comp.shape[1]}x{comp.shape[0]}"
             )
-        return self(comp, mask, name=composite_uri)
+        return comp, mask

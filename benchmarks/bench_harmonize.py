@@ -3,10 +3,14 @@
     python benchmarks/bench_harmonize.py                 # writes benchmarks/harmonize.json
     python benchmarks/bench_harmonize.py --quick         # fewer repeats / photos (smoke run)
     python benchmarks/bench_harmonize.py --quick --sizes 256 --no-quality --out /tmp/h.json   # minimal
+    python benchmarks/bench_harmonize.py --before <rev> --methods affine poly2 --no-quality   # side by side
 
 Latency: each (size, method) runs in its own process (so peak RSS is that method's at that size), through
 ``components.predictor.Predictor`` with the default-profile generator (params.yaml model.generator at
-prepare.image_size, random weights: the cost does not depend on the weights), after one warm-up call.
+prepare.image_size, random weights: the cost does not depend on the weights), after one warm-up call whose
+output is checked: background (mask 0) byte-identical to the input, the object changed. ``--before``
+times a git revision's code the same way, size by size beside this tree's, so both see the same load
+(the 1-minute load average is recorded beside each).
 Methods: the ``image`` head with the colour mapping (``poly2``) or plain upsampling, and the colour-
 transform heads ``affine`` and ``pct`` (the transform map applied at full resolution in bands of rows).
 Quality (needs ../shared/data/lalonde): photos upscaled to 1024x1024, their object recoloured at full
@@ -19,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,8 +49,9 @@ METHODS = (("poly2", "image", "poly2"), ("upsample", "image", "upsample"), ("aff
            ("pct", "pct", "poly2"))  # fmt: skip
 
 
-def latency_one(size: int, method: str, repeats: int) -> dict:
-    """Run in a child process: time one (size, method), report peak RSS over the loaded-model baseline."""
+def latency_one(size: int, method: str, repeats: int, tree: Path = REPO) -> dict:
+    """Run in a child process: time one (size, method), report peak RSS over the loaded-model baseline.
+    ``tree``: whose code and params.yaml (this checkout, or ``--before``'s revision extracted)."""
     import torch
 
     from components.config import load_params
@@ -55,7 +62,7 @@ def latency_one(size: int, method: str, repeats: int) -> dict:
     torch.set_num_threads(2)
     torch.manual_seed(0)
     _, head, mapping = next(m for m in METHODS if m[0] == method)
-    params = load_params(REPO / "params.yaml")
+    params = load_params(Path(tree) / "params.yaml")
     image_size = params.prepare.image_size
     spec = {**params.model.generator, "image_size": image_size, "head": head}
     model = init_weights(build_model(spec))
@@ -71,12 +78,16 @@ def latency_one(size: int, method: str, repeats: int) -> dict:
         mask[row] = np.where(axis[row] + axis < (0.28 * size) ** 2, 255, 0)
     predictor = Predictor(model, image_size, device="cpu", mapping=mapping)
     baseline = rss_mb()
-    predictor(comp, mask)  # warm-up
-    times = []
+    out = predictor(comp, mask)  # warm-up
+    bg = mask == 0
+    assert np.array_equal(out[bg], comp[bg]), "background pixels changed"  # byte-identical background
+    assert (out[mask == 255] != comp[mask == 255]).any(), "the object was left as it was"
+    times, loads = [], [os.getloadavg()[0]]
     for _ in range(repeats):
         t = time.perf_counter()
         predictor(comp, mask)
         times.append(time.perf_counter() - t)
+    loads.append(os.getloadavg()[0])
     return {
         "size": f"{size}x{size}",
         "method": method,
@@ -87,16 +98,20 @@ def latency_one(size: int, method: str, repeats: int) -> dict:
         "peak_rss_mb": rss_mb(),
         "peak_over_baseline_mb": rss_mb() - baseline,
         "input_mb": (comp.nbytes + mask.nbytes) / 2**20,
+        "background_byte_identical": True,
+        "loadavg_1min_before_after": loads,
         "network": {"spec": spec, "image_size": image_size},
     }
 
 
-def latency_size(size: int, quick: bool) -> dict:
-    """Every method at one size, each in its own child process; ``<method>`` keys as in earlier reports."""
+def latency_size(size: int, quick: bool, methods: list[str], tree: Path = REPO) -> dict:
+    """Each method at one size, each in its own child process; ``<method>`` keys as in earlier reports."""
     out: dict = {"size": f"{size}x{size}", "pixels": size * size}
-    for method, _, _ in METHODS:
-        cmd = [sys.executable, __file__, "--one", str(size), "--method", method]
-        res = subprocess.run(cmd + (["--quick"] if quick else []), capture_output=True, text=True, cwd=REPO)
+    for method in methods:
+        cmd = [sys.executable, __file__, "--one", str(size), "--method", method, "--tree", str(tree)]
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        res = subprocess.run(cmd + (["--quick"] if quick else []), capture_output=True, text=True, cwd=REPO,
+                             env=env)  # fmt: skip
         if res.returncode:
             raise RuntimeError(f"{size}x{size} {method} failed:\n{res.stderr[-4000:]}")
         one = json.loads(res.stdout.strip().splitlines()[-1])
@@ -105,9 +120,8 @@ def latency_size(size: int, quick: bool) -> dict:
         out[method] = {"head": network["spec"].pop("head")}
         out[method] |= {k: v for k, v in one.items() if k not in ("size", "method", "pixels")}
         out["network"] = network  # the same generator for every method, but for its head
-    out["poly2_over_upsample_latency"] = (
-        out["poly2"]["latency_s_median"] / out["upsample"]["latency_s_median"]
-    )
+    if "poly2" in out and "upsample" in out:
+        out["poly2_over_upsample_latency"] = out["poly2"]["latency_s_median"] / out["upsample"]["latency_s_median"]
     return out
 
 
@@ -181,18 +195,31 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats and photos (smoke run)")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="image sides to time")
     parser.add_argument("--no-quality", action="store_true", help="latency only (no lalonde quality run)")
+    parser.add_argument("--methods", nargs="+", choices=[m[0] for m in METHODS], help="default: all")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "harmonize.json"))
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process: one size
     parser.add_argument("--method", choices=[m[0] for m in METHODS], help=argparse.SUPPRESS)
+    parser.add_argument("--tree", default=str(REPO), help=argparse.SUPPRESS)
+    parser.add_argument("--before", help="also time this git revision's code, alternating with this tree's")
     args = parser.parse_args()
     repeats = 2 if args.quick else 7
     if args.one:
-        print(json.dumps(latency_one(args.one, args.method, repeats)))
+        sys.path.insert(0, args.tree)
+        print(json.dumps(latency_one(args.one, args.method, repeats, Path(args.tree))))
         return
-    latency = []
-    for size in args.sizes:
-        latency.append(latency_size(size, args.quick))
-        print(json.dumps(latency[-1]), file=sys.stderr)
+    methods = args.methods or [m[0] for m in METHODS]
+    latency, before = [], []
+    with tempfile.TemporaryDirectory() as old_tree:
+        if args.before:
+            archive = subprocess.run(["git", "archive", args.before, "components", "pipeline", "params.yaml"],
+                                     cwd=REPO, capture_output=True, check=True).stdout  # fmt: skip
+            subprocess.run(["tar", "-x", "-C", old_tree], input=archive, check=True)
+        for size in args.sizes:  # per size: the revision before, then this tree (same load, side by side)
+            if args.before:
+                before.append(latency_size(size, args.quick, methods, Path(old_tree)))
+                print(json.dumps(before[-1]), file=sys.stderr)
+            latency.append(latency_size(size, args.quick, methods))
+            print(json.dumps(latency[-1]), file=sys.stderr)
     command = " ".join(["python benchmarks/bench_harmonize.py", *sys.argv[1:]])
     if args.no_quality:
         quality_report = "not run (--no-quality)"
@@ -204,6 +231,7 @@ def main() -> None:
         "command": command,
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch_threads": 2},
         "latency_cpu": latency,
+        **({"before": {"revision": args.before, "latency_cpu": before}} if args.before else {}),
         "quality": quality_report,
     }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

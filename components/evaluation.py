@@ -3,9 +3,10 @@
 Two sources of test images: the ``prepare`` test shards, or any folder in the iHarmony4 layout (local or
 ``s3://``). Each image is harmonized by the ``Predictor`` at its native resolution (what ``harmonize``
 and the MLflow model return) and scored with ``components.metrics`` against the real image, next to
-the unharmonized composite. The paper's protocol (RAINNET.md section 5: the network alone, composite
-and real brought to the network's size) is scored on the same images as separate columns
-(``paper_*``) and tables; the two are never mixed in one number.
+the unharmonized composite. The paper's protocol (the RainNet authors' ``evaluate.py``:
+``components.paper_protocol``) is scored on the same images as separate columns (``paper_*``) and
+tables; the two are never mixed in one number. The network runs on batches of images (any sizes: each
+meets the network at the network's size), once per protocol.
 """
 
 from __future__ import annotations

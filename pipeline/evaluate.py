@@ -2,7 +2,9 @@
 
 Every image is harmonized at its native resolution by the same ``Predictor`` that ``harmonize`` and the
 MLflow model use, and scored against the real image next to the unharmonized composite; the paper's
-protocol (the network alone at its size) is reported apart (``paper`` in the summary).
+protocol (the RainNet authors' evaluate.py, docs/PAPER_PROTOCOL.md) is reported apart (``paper`` in the
+summary, ``paper_*`` metrics overall and per subset). The network runs on batches of
+``evaluate.batch_size`` images, with a progress bar.
 
     python -m pipeline.evaluate                                   # models/generator.pt on the prepare test shards
     python -m pipeline.evaluate -S evaluate.model=models:/rainnet@champion -S evaluate.data=s3://bucket/iHarmony4

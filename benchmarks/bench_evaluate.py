@@ -42,7 +42,7 @@ def one(tree: str, limit: int | None, batch_size: int) -> dict:
     from components.predictor import Predictor
     from components.storage import Store
 
-    params = load_params(REPO / "params.yaml")
+    params = load_params(Path(tree) / "params.yaml")  # the tree's own keys; paths relative to this checkout
     model, info = load_generator(params.evaluate.model, map_location="cpu")
     kwargs = {"batch_size": batch_size} if "batch_size" in inspect.signature(Predictor).parameters else {}
     predictor = Predictor(model, int(info["image_size"]), mapping=params.harmonize.mapping, device="cpu",
@@ -111,7 +111,7 @@ def main() -> None:
                          cwd=REPO, check=True).stdout.strip()  # fmt: skip
     pairs = []
     with tempfile.TemporaryDirectory() as tmp:
-        archive = subprocess.run(["git", "archive", args.before, "components", "pipeline"], cwd=REPO,
+        archive = subprocess.run(["git", "archive", args.before, "components", "pipeline", "params.yaml"], cwd=REPO,
                                  capture_output=True, check=True).stdout  # fmt: skip
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         for _ in range(args.repeats):

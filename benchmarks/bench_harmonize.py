@@ -221,7 +221,10 @@ def main() -> None:
             latency.append(latency_size(size, args.quick, methods))
             print(json.dumps(latency[-1]), file=sys.stderr)
     command = " ".join(["python benchmarks/bench_harmonize.py", *sys.argv[1:]])
-    if args.no_quality:
+    previous = json.loads(Path(args.out).read_text()).get("quality") if Path(args.out).is_file() else None
+    if args.no_quality and isinstance(previous, dict):  # keep the last measured quality, said so
+        quality_report = {**previous, "rerun": "no: kept from the previous run of this file (--no-quality)"}
+    elif args.no_quality:
         quality_report = "not run (--no-quality)"
     elif (LALONDE / "photos").is_dir():
         quality_report = quality(6 if args.quick else 30)

@@ -200,8 +200,9 @@ def evaluate(predictor, samples: Iterable[Sample], progress: bool = True, batch_
     size = batch_size or predictor.batch_size
     rows: list[dict] = []
     with tqdm(total=len(samples), desc="evaluate", unit="img", disable=not progress) as bar:
-        for batch in itertools.batched(iter_loaded(samples), size):
-            rows += score_batch(predictor, list(batch))
+        loaded = iter_loaded(samples)
+        while batch := list(itertools.islice(loaded, size)):
+            rows += score_batch(predictor, batch)
             bar.update(len(batch))
     return rows
 

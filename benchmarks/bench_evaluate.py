@@ -98,6 +98,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="before/after pairs, alternating")
     parser.add_argument("--batch-size", type=int, default=None, help="default: params.yaml evaluate.batch_size")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "evaluate.json"))
+    parser.add_argument("--no-full", action="store_true", help="skip the whole-split run of this tree")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -121,8 +122,10 @@ def main() -> None:
             pairs.append({"before": before, "after": after, "speedup": after["images_per_s"] / before["images_per_s"],
                           "max_rel_difference": differences(before, after)})  # fmt: skip
             print(json.dumps(pairs[-1]), file=sys.stderr)
-    full = run_child(str(REPO), None, batch)
-    full["tree"] = "this tree"
+    full = "not run (--no-full)"
+    if not args.no_full:
+        full = run_child(str(REPO), None, batch)
+        full["tree"] = "this tree"
     report = {
         "command": " ".join(["python benchmarks/bench_evaluate.py", *sys.argv[1:]]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},

@@ -1,16 +1,19 @@
-"""Quality benchmark: train a variant through the real stages and score it the way users get it.
+"""Quality benchmark: train a recipe over several seeds through the real stages and score it the way
+users get it, as a mean with its spread.
 
-    .venv/bin/python benchmarks/bench_quality.py --profile lalonde-cpu --label lalonde-pct
-    .venv/bin/python benchmarks/bench_quality.py --profile lalonde-cpu --label lalonde-image \
-        -S model.generator.head=image
+    python benchmarks/bench_quality.py --label default --seeds 3
+    python benchmarks/bench_quality.py --profile lalonde-cpu --label lalonde --seeds 3
+    python benchmarks/bench_quality.py --profile lalonde-cpu --label lalonde --seed-list 2 --skip-prepare
 
-Runs ``pipeline.prepare`` (deterministic: the same dataset for every variant of a profile),
-``pipeline.train`` and ``pipeline.evaluate`` as subprocesses with the profile and the overrides, each
-variant writing its model and metrics under ``benchmarks/runs/<label>/`` (not committed), then appends
-one record to ``benchmarks/quality.json`` (replacing an older record of the same label): the command,
-the data, the head, the training wall time, and the test split's fMSE at native resolution through the
-predictor next to the unharmonized composite's, by bins of the composite's own error, and the paper
-protocol's numbers apart.
+Runs ``pipeline.prepare`` once (deterministic: the same dataset for every seed and variant of a
+profile), then per seed ``pipeline.train`` (``-S train.seed=<s>``: the networks' initialisation and the
+order of the training data, not the dataset) and ``pipeline.evaluate`` as subprocesses with the profile
+and the overrides, each writing its model and metrics under ``benchmarks/runs/<label>/seed<s>/`` (not
+committed). ``benchmarks/quality.json`` holds ``runs`` (one record per training: the command, the
+data, the head, the seed, the training wall time and the load average during it, the test split's fMSE
+at native resolution through the predictor next to the unharmonized composite's, by bins of the
+composite's own error, the paper protocol's numbers apart) and ``seed_groups`` (per label: the mean and
+standard deviation over the seeds recorded so far, so seeds run in separate calls add up).
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +38,31 @@ def run(cmd: list[str]) -> float:
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=REPO, check=True)
     return time.perf_counter() - t0
+
+
+class LoadSampler:
+    """The 1-minute load average every ``every`` seconds while a command runs: the machine is shared, and
+    a wall time means little without the load it was taken under."""
+
+    def __init__(self, every: float = 30.0):
+        self.every, self.samples, self._stop = every, [os.getloadavg()[0]], threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        while not self._stop.wait(self.every):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> dict:
+        return {"mean": _r(statistics.fmean(self.samples)), "max": _r(max(self.samples)), "cpus": os.cpu_count()}
 
 
 def git_commit() -> str:
@@ -48,7 +78,8 @@ def overall(table: dict) -> dict:
     return {k: round(float(table["overall"][k]), 3) for k in ("mse", "psnr", "fmse", "fpsnr")}
 
 
-def record(label: str, profile: str, overrides: list[str], train_s: float, folder: Path, argv: list[str]):
+def record(label: str, seed: int, profile: str, overrides: list[str], train_s: float, load: dict, folder: Path,
+           argv: list[str]):  # fmt: skip
     ev = json.loads((folder / "eval.json").read_text())
     tr = json.loads((folder / "train.json").read_text())
     spec = ev["generator"]
@@ -63,7 +94,9 @@ def record(label: str, profile: str, overrides: list[str], train_s: float, folde
     }
     paper = ev["paper"]
     return {
-        "label": label,
+        "label": f"{label}-seed{seed}",
+        "group": label,
+        "seed": seed,
         "command": "python benchmarks/bench_quality.py " + shlex.join(argv),
         "commit": git_commit(),
         "data": ev["data"],
@@ -76,6 +109,7 @@ def record(label: str, profile: str, overrides: list[str], train_s: float, folde
         "image_size": ev["image_size"],
         "epochs": tr.get("epochs_done"),
         "train_minutes": round(train_s / 60.0, 2),
+        "loadavg_during_train": load,
         "n_test_images": ev["n_images"],
         "resolution": "native, through the predictor",
         "fmse": _r(model["overall"]["fmse"]),
@@ -101,40 +135,112 @@ def _r(v):
     return None if v is None else round(float(v), 3)
 
 
+def spread(values: list[float]) -> dict:
+    """Mean and sample standard deviation (0 for one value) of a list of numbers."""
+    return {
+        "mean": _r(statistics.fmean(values)),
+        "std": _r(statistics.stdev(values) if len(values) > 1 else 0.0),
+        "min": _r(min(values)),
+        "max": _r(max(values)),
+    }
+
+
+def seed_group(label: str, runs: list[dict]) -> dict:
+    """Mean and spread over every recorded seed of ``label`` (each seed's latest record)."""
+    rows = sorted((r for r in runs if r.get("group") == label), key=lambda r: r["seed"])
+    first = rows[0]
+    out = {
+        "label": label,
+        "profile": first["profile"],
+        "overrides": first["overrides"],
+        "data": first["data"],
+        "head": first["head"],
+        "n_seeds": len(rows),
+        "seeds": [r["seed"] for r in rows],
+        "composite_fmse": first["composite_fmse"],
+        "fmse": spread([r["fmse"] for r in rows]),
+        "fmse_ratio": spread([r["fmse_ratio"] for r in rows]),
+        "val_fmse": spread([r["val_fmse"] for r in rows]),
+        "train_minutes": spread([r["train_minutes"] for r in rows]),
+        "loadavg_during_train": spread([r["loadavg_during_train"]["mean"] for r in rows]),
+        "fmse_by_composite_error": {},
+        "each_seed": [
+            {k: r.get(k) for k in ("seed", "commit", "fmse", "fmse_ratio", "val_fmse", "train_minutes")}
+            | {"bin_0_300_ratio": _bin_ratio(r, "0-300"), "loadavg": r["loadavg_during_train"]["mean"]}
+            for r in rows
+        ],
+    }
+    for name, b in first["fmse_by_composite_error"].items():
+        out["fmse_by_composite_error"][name] = {
+            "composite_fmse": b["composite_fmse"],
+            "fmse": spread([r["fmse_by_composite_error"][name]["fmse"] for r in rows]),
+            "ratio": spread([_bin_ratio(r, name) for r in rows]),
+        }
+    return out
+
+
+def _bin_ratio(rec: dict, name: str) -> float:
+    b = rec["fmse_by_composite_error"][name]
+    return _r(b["fmse"] / b["composite_fmse"])
+
+
+def load_records() -> dict:
+    """``{"runs": [...], "seed_groups": [...]}`` (an older file was a bare list of runs)."""
+    data = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    if isinstance(data, list):
+        data = {"runs": data}
+    return {"runs": data.get("runs", []), "seed_groups": data.get("seed_groups", [])}
+
+
+def save_record(rec: dict) -> dict:
+    """Add (or replace) one seed's run and recompute its group; write atomically."""
+    data = load_records()
+    data["runs"] = [r for r in data["runs"] if r.get("label") != rec["label"]] + [rec]
+    group = seed_group(rec["group"], data["runs"])
+    data["seed_groups"] = [g for g in data["seed_groups"] if g["label"] != rec["group"]] + [group]
+    tmp = OUT.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(OUT)
+    return group
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--profile", default=None, help="profiles/<name>.yaml merged over params.yaml")
-    p.add_argument("--label", required=True, help="name of this variant (its record and run folder)")
+    p.add_argument("--label", required=True, help="name of this recipe (its seed group and run folders)")
     p.add_argument("-S", dest="overrides", action="append", default=[], help="params override key=value")
+    p.add_argument("--seeds", type=int, default=3, help="train with seeds 0 .. N-1 (train.seed)")
+    p.add_argument("--seed-list", type=int, nargs="+", default=None, help="these seeds instead of --seeds")
     p.add_argument("--skip-prepare", action="store_true", help="the profile's dataset is already prepared")
     args = p.parse_args(argv)
+    seeds = args.seed_list if args.seed_list is not None else list(range(args.seeds))
 
     py = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").is_dir() else sys.executable
-    folder = REPO / "benchmarks" / "runs" / args.label
-    folder.mkdir(parents=True, exist_ok=True)
-    rel = os.path.relpath(folder, REPO)
     profile = ["--profile", args.profile] if args.profile else []
     sets = [x for o in args.overrides for x in ("-S", o)]
-    outs = [
-        "-S", f"train.weights_out={rel}/generator.pt", "-S", f"train.metrics_out={rel}/train.json",
-        "-S", f"train.plots_out={rel}/train_epochs.csv", "-S", f"train.run_name=quality-{args.label}",
-        "-S", f"evaluate.model={rel}/generator.pt", "-S", f"evaluate.summary_out={rel}/eval.json",
-        "-S", f"evaluate.per_image_out={rel}/eval_per_image.csv", "-S", f"evaluate.summary_md={rel}/eval.md",
-        "-S", f"evaluate.showcase_out={rel}/showcase.png",
-    ]  # fmt: skip
     if not args.skip_prepare:
         run([py, "-m", "pipeline.prepare", *profile, *sets])
-    train_s = run([py, "-m", "pipeline.train", *profile, *sets, *outs])
-    run([py, "-m", "pipeline.evaluate", *profile, *sets, *outs])
-
-    rec = record(args.label, args.profile or "default", args.overrides, train_s, folder, argv)
-    runs = json.loads(OUT.read_text()) if OUT.is_file() else []
-    runs = [r for r in runs if r.get("label") != args.label] + [rec]
-    tmp = OUT.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(runs, indent=2) + "\n")
-    tmp.replace(OUT)
-    print(json.dumps({k: rec[k] for k in ("label", "head", "train_minutes", "fmse", "composite_fmse")}))
+    for seed in seeds:
+        folder = REPO / "benchmarks" / "runs" / args.label / f"seed{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        rel = os.path.relpath(folder, REPO)
+        outs = [
+            "-S", f"train.seed={seed}",
+            "-S", f"train.weights_out={rel}/generator.pt", "-S", f"train.metrics_out={rel}/train.json",
+            "-S", f"train.plots_out={rel}/train_epochs.csv", "-S", f"train.run_name=quality-{args.label}-s{seed}",
+            "-S", f"evaluate.model={rel}/generator.pt", "-S", f"evaluate.summary_out={rel}/eval.json",
+            "-S", f"evaluate.per_image_out={rel}/eval_per_image.csv", "-S", f"evaluate.summary_md={rel}/eval.md",
+            "-S", f"evaluate.showcase_out={rel}/showcase.png",
+        ]  # fmt: skip
+        with LoadSampler() as load:
+            train_s = run([py, "-m", "pipeline.train", *profile, *sets, *outs])
+        run([py, "-m", "pipeline.evaluate", *profile, *sets, *outs])
+        rec = record(args.label, seed, args.profile or "default", args.overrides, train_s, load.summary(),
+                     folder, argv)  # fmt: skip
+        group = save_record(rec)
+        print(json.dumps({k: rec[k] for k in ("label", "train_minutes", "fmse", "composite_fmse", "fmse_ratio")}))
+        print(json.dumps({k: group[k] for k in ("label", "n_seeds", "fmse", "fmse_ratio")}))
     return 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -61,6 +62,18 @@ class TrainState:
 def unwrap(model: torch.nn.Module | None) -> torch.nn.Module | None:
     """The plain module inside a DDP wrapper (or the module itself)."""
     return getattr(model, "module", model)
+
+
+def make_deterministic(threads: int | None, strict: bool = True) -> None:
+    """The same command on the same machine gives the same weights: torch's deterministic kernels and a
+    fixed intra-op thread count (how a float sum is split over threads changes its rounding). ``strict``:
+    an op without a deterministic kernel raises instead of running anyway (CPU; on GPU a warning, and
+    cuBLAS gets the fixed workspace it needs). Across machines (other CPUs, other BLAS paths) the
+    numbers still differ, within the seed-to-seed spread (docs/RESULTS.md)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=not strict)
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def seed_everything(*keys: int) -> None:

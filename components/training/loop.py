@@ -141,8 +141,7 @@ def train_loop_per_worker(config: dict) -> None:
     t = params.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    if not t.use_gpu:
-        torch.set_num_threads(max(1, t.cpus_per_worker))
+    engine.make_deterministic(None if t.use_gpu else max(1, t.cpus_per_worker), strict=not t.use_gpu)
     device = ray.train.torch.get_device()
 
     state = engine.build_state(params, config["gen_spec"], device, wrap=ray.train.torch.prepare_model)

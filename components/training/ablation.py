@@ -506,12 +506,9 @@ def init_ray(params: Params, probe: Params) -> None:
     per_trial = group + a.trial_cpus
     # + one worker group of headroom: a finished or ASHA-stopped trial's placement group is released
     # asynchronously (Train V2's PlacementGroupCleaner), and the next trial must not wait on it.
-    ray.init(
+    launch.start_local_ray(
         num_cpus=max(1, math.ceil(max(1, a.max_concurrent_trials) * per_trial + group)),
         num_gpus=None if t.use_gpu else 0,
-        object_store_memory=256 * 1024**2,
-        log_to_driver=True,  # rank 0 prints the progress lines (components/progress.py)
-        logging_level=logging.WARNING,
     )
 
 

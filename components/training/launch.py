@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,14 +142,46 @@ def init_ray(params: Params) -> None:
         ray.init(log_to_driver=True, logging_level=logging.WARNING)  # start-up chatter off, errors kept
         return
     t = params.train
-    ray.init(
+    start_local_ray(
         # ray_data: one more CPU for Ray Data's read / decode tasks beside the workers
         num_cpus=max(1, t.num_workers * t.cpus_per_worker) + (t.reader == "ray_data"),
         num_gpus=None if t.use_gpu else 0,
-        object_store_memory=256 * 1024**2,
-        log_to_driver=True,  # rank 0 prints the progress lines (components/progress.py)
-        logging_level=logging.WARNING,
     )
+
+
+def start_local_ray(**init_kwargs) -> str:
+    """Start a Ray on this machine that its own processes find by address; returns the address.
+
+    Ray Train's helper actors (the ``PlacementGroupCleaner`` watching the controller) look their Ray up
+    with ``RAY_ADDRESS`` or, without it, by scanning for running GCS processes: with a second local Ray
+    up (two stages at once, a test suite beside a run) that scan fails and every training printed a
+    25-line "Found multiple active Ray instances" traceback. So the GCS gets a port chosen here, and the
+    Ray's processes (raylet, workers, actors: they inherit its environment) get ``RAY_ADDRESS`` naming
+    it; this process's own environment is left as it was."""
+    import ray
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"{ray.util.get_node_ip_address()}:{port}"  # the host Ray's own GCS address names
+    pinned = {"RAY_ADDRESS": address, "RAY_GCS_SERVER_PORT": str(port)}
+    saved = {k: os.environ.get(k) for k in pinned}
+    os.environ.update(pinned)
+    try:
+        ray.init(
+            address="local",  # start one, whatever RAY_ADDRESS says (it names the one being started)
+            object_store_memory=256 * 1024**2,
+            log_to_driver=True,  # rank 0 prints the progress lines (components/progress.py)
+            logging_level=logging.WARNING,
+            **init_kwargs,
+        )
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return address
 
 
 def forwarded_env() -> dict[str, str]:

@@ -70,16 +70,41 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion |
         return None
 
 
-def register_run_model(client: MlflowClient, name: str, run_id: str, artifact_path: str = "model"):
-    """(version, created): the run's version, registering ``runs:/<run_id>/model`` only when it has none."""
-    import mlflow
+def logged_model_id(client: MlflowClient, run_id: str, artifact_path: str = "model") -> str:
+    """The id of the model ``run_id`` logged as ``artifact_path`` (the latest, if it logged several).
 
+    MLflow 3 keeps a logged model under ``models:/<model_id>``, not in the run's artifacts: registering
+    ``runs:/<run_id>/model`` made MLflow look there, find nothing and warn ("Run ... has no artifacts at
+    artifact path 'model', registering model based on models:/m-... instead") on every registration."""
+    run = client.get_run(run_id)
+    step = {o.model_id: o.step for o in (run.outputs.model_outputs if run.outputs else [])}
+    found, token = [], None
+    while True:
+        page = client.search_logged_models(
+            [run.info.experiment_id],
+            filter_string=f"name = '{artifact_path}' AND source_run_id = '{run_id}'",
+            page_token=token,
+        )
+        found.extend(page)
+        token = page.token
+        if not token:
+            break
+    if not found:
+        raise UserError(f"runs:/{run_id}/{artifact_path}: not registered: the run logged no model {artifact_path!r}")
+    return max(found, key=lambda m: (step.get(m.model_id, -1), m.creation_timestamp)).model_id
+
+
+def register_run_model(client: MlflowClient, name: str, run_id: str, artifact_path: str = "model"):
+    """(version, created): the run's version, registering the model the run logged only when it has none."""
     existing = version_for_run(client, name, run_id)
     if existing is not None:
         return existing, False
-    check_registrable(f"runs:/{run_id}/{artifact_path}")
+    check_registrable(f"runs:/{run_id}/{artifact_path}")  # checked against the hash the run recorded
+    model_id = logged_model_id(client, run_id, artifact_path)
     ensure_registered_model(client, name)
-    mv = mlflow.register_model(f"runs:/{run_id}/{artifact_path}", name)
+    # the client call, not mlflow.register_model: the same version (source, run, logged model), without
+    # the fluent API's "Registered model ... already exists" / "Created version" lines on stderr
+    mv = client.create_model_version(name, f"models:/{model_id}", run_id=run_id, model_id=model_id)
     digest = client.get_run(run_id).data.tags.get(HASH_TAG)
     if digest:  # the version keeps the hash of its own file, whatever the run logs later
         client.set_model_version_tag(name, mv.version, HASH_TAG, digest)

@@ -19,6 +19,7 @@ standard deviation over the seeds recorded so far, so seeds run in separate call
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shlex
@@ -100,6 +101,7 @@ def record(label: str, seed: int, profile: str, overrides: list[str], train_s: f
         "command": "python benchmarks/bench_quality.py " + shlex.join(argv),
         "commit": git_commit(),
         "data": ev["data"],
+        "dataset_hash": ev.get("dataset_hash"),
         "profile": profile,
         "overrides": overrides,
         "model": spec.get("name"),
@@ -136,10 +138,10 @@ def _r(v):
 
 
 def spread(values: list[float]) -> dict:
-    """Mean and sample standard deviation (0 for one value) of a list of numbers."""
+    """Mean and sample standard deviation (None for one value: no spread measured) of a list of numbers."""
     return {
         "mean": _r(statistics.fmean(values)),
-        "std": _r(statistics.stdev(values) if len(values) > 1 else 0.0),
+        "std": _r(statistics.stdev(values)) if len(values) > 1 else None,
         "min": _r(min(values)),
         "max": _r(max(values)),
     }
@@ -149,6 +151,7 @@ def seed_group(label: str, runs: list[dict]) -> dict:
     """Mean and spread over every recorded seed of ``label`` (each seed's latest record)."""
     rows = sorted((r for r in runs if r.get("group") == label), key=lambda r: r["seed"])
     first = rows[0]
+    loads = [r["loadavg_during_train"]["mean"] for r in rows if r.get("loadavg_during_train")]
     out = {
         "label": label,
         "profile": first["profile"],
@@ -162,11 +165,11 @@ def seed_group(label: str, runs: list[dict]) -> dict:
         "fmse_ratio": spread([r["fmse_ratio"] for r in rows]),
         "val_fmse": spread([r["val_fmse"] for r in rows]),
         "train_minutes": spread([r["train_minutes"] for r in rows]),
-        "loadavg_during_train": spread([r["loadavg_during_train"]["mean"] for r in rows]),
+        "loadavg_during_train": spread(loads) if loads else None,
         "fmse_by_composite_error": {},
         "each_seed": [
             {k: r.get(k) for k in ("seed", "commit", "fmse", "fmse_ratio", "val_fmse", "train_minutes")}
-            | {"bin_0_300_ratio": _bin_ratio(r, "0-300"), "loadavg": r["loadavg_during_train"]["mean"]}
+            | {"bin_0_300_ratio": _bin_ratio(r, "0-300"), "loadavg": (r.get("loadavg_during_train") or {}).get("mean")}
             for r in rows
         ],
     }
@@ -193,7 +196,14 @@ def load_records() -> dict:
 
 
 def save_record(rec: dict) -> dict:
-    """Add (or replace) one seed's run and recompute its group; write atomically."""
+    """Add (or replace) one seed's run and recompute its group; write atomically, under a lock (seeds may
+    run as separate processes side by side)."""
+    with open(REPO / "benchmarks" / "runs" / ".quality.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _save_record(rec)
+
+
+def _save_record(rec: dict) -> dict:
     data = load_records()
     data["runs"] = [r for r in data["runs"] if r.get("label") != rec["label"]] + [rec]
     group = seed_group(rec["group"], data["runs"])

@@ -10,7 +10,8 @@ import pytest
 from components.checkpoint import read_payload
 from tests.train.conftest import TINY, project_dir, read_json, run_train, write_tiny_dataset
 
-pytestmark = pytest.mark.slow
+# three trainings in one fixture: more than the suite's default per-test limit on a busy machine
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def train_once(base, seed: int):
@@ -28,13 +29,16 @@ def train_once(base, seed: int):
         ],  # fmt: skip
         # a Ray of its own, as a user's `python -m pipeline.train` starts it (RAY_AUTH_MODE as a user has it)
         env={"MLFLOW_TRACKING_URI": f"sqlite:///{proj / 'mlflow.db'}", "RAY_ADDRESS": None, "RAY_AUTH_MODE": None},
+        timeout=840,
     )
     return res, out
 
 
 @pytest.fixture(scope="module")
 def trainings(tmp_path_factory, ray_cluster) -> dict:
-    """Seed 0 twice and seed 1 once, each beside the session's Ray head (``ray_cluster``)."""
+    """Seed 0 twice and seed 1 once, one after the other, each beside the session's Ray head
+    (``ray_cluster``). Not side by side: a raylet that cannot register within Ray's fixed 30 s (three
+    starting at once on a busy 2-core machine) fails the start."""
     return {name: train_once(tmp_path_factory.mktemp(name), seed) for name, seed in (("a", 0), ("b", 0), ("c", 1))}
 
 

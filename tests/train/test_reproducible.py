@@ -59,10 +59,17 @@ def test_the_same_training_twice_gives_byte_identical_weights(trainings):
     assert [k for k in wa if wa[k] != wc[k]] != []
 
 
+# Ray Train's controller asks its autoscaling coordinator with a fixed 5 s timeout and, on a machine so
+# loaded that the answer is later, logs this warning with its traceback ("safe to ignore"); it says
+# nothing about the stage, and no setting turns it off. Every other traceback fails the test.
+OVERLOADED = "CPU being overloaded, it's safe to ignore this error"
+
+
 def test_no_traceback_with_a_second_local_ray_up(trainings):
     for res, _ in trainings.values():
         text = res.stdout + res.stderr
         assert res.returncode == 0, text[-4000:]
-        assert "Traceback" not in text, text[-6000:]
         assert "Found multiple active Ray instances" not in text, text[-6000:]
+        assert "PlacementGroupCleaner" not in text, text[-6000:]
+        assert text.count("Traceback (most recent call last)") == text.count(OVERLOADED), text[-6000:]
         assert "epoch 2/2 done in" in text

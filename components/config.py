@@ -127,6 +127,8 @@ class TrainConfig:
     gp_weight: float = 0.0
     lambda_mask: float = 1.0  # DIH's mask head (BCE against the foreground mask); unused by RainNet
     amp: bool = True  # bf16 autocast, on GPU only
+    channels_last: bool = False  # channels-last weights and inputs, on GPU only (components/training/cuda.py)
+    loader_workers: int = 0  # DataLoader processes decoding ahead of each training worker (pinned on GPU)
     hflip: bool = True
     colour_jitter: float = 0.0  # 0..1: one random global colour change per training pair (augment.py)
     identity_fraction: float = 0.0  # share of training composites replaced by their real (leave alone)
@@ -341,6 +343,7 @@ RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("train", "num_workers"): _AT_LEAST_1,
     ("train", "cpus_per_worker"): _AT_LEAST_1,
     ("train", "gpus_per_worker"): _POSITIVE,
+    ("train", "loader_workers"): _NOT_NEGATIVE,
     ("train", "max_failures"): (lambda v: v >= -1, "-1 (retry forever) or more"),
     ("train", "max_nonfinite_steps"): _AT_LEAST_1,
     ("train", "log_every_steps"): _AT_LEAST_1,

@@ -29,6 +29,7 @@ from components import metrics as M
 from components.models import losses
 from components.models.init import init_weights
 from components.models.registry import build_model
+from components.training import cuda
 from components.training.augment import identity_pairs, scene_colour_jitter
 from components.training.schedule import make_scheduler
 
@@ -100,7 +101,7 @@ def build_state(
     seed_everything(t.seed)
     gen = build_model(dict(gen_spec or params.model.generator))
     init_weights(gen, t.init_gain)
-    gen = gen.to(device)
+    gen = cuda.memory_format(gen.to(device), device, t.channels_last)  # CUDA only
     if wrap is not None:
         gen = wrap(gen)
     opt_g = torch.optim.Adam(gen.parameters(), lr=t.lr, betas=(t.beta1, t.beta2))
@@ -112,7 +113,8 @@ def build_state(
         dv = build_model(dict(params.model.domain_discriminator))
         for net in (d, dv):
             init_weights(net, t.init_gain)
-        state.discriminator, state.domain_discriminator = d.to(device), dv.to(device)
+        d, dv = (cuda.memory_format(n.to(device), device, t.channels_last) for n in (d, dv))
+        state.discriminator, state.domain_discriminator = d, dv
         opt_d = torch.optim.Adam(
             itertools.chain(d.parameters(), dv.parameters()), lr=t.lr, betas=(t.beta1, t.beta2)
         )
@@ -297,8 +299,14 @@ def count_step(state: TrainState, finite: bool, max_in_a_row: int) -> None:
         )
 
 
-def to_device(batch: dict, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(batch[k].to(device, non_blocking=True) for k in ("composite", "mask", "real"))
+def to_device(
+    batch: dict, device: torch.device | str, channels_last: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch's images on ``device`` (asynchronous from pinned memory; channels-last on CUDA if asked)."""
+    return tuple(
+        cuda.memory_format(batch[k].to(device, non_blocking=True), device, channels_last)
+        for k in ("composite", "mask", "real")
+    )
 
 
 def _f(x: torch.Tensor) -> float:
@@ -308,7 +316,7 @@ def _f(x: torch.Tensor) -> float:
 def train_step(state: TrainState, batch: dict, t, device, amp: bool = True) -> dict[str, float]:
     """One iteration on one batch; ``t`` is ``params.train``. Returns the loss values (floats), or ``{}``
     when a loss was NaN / Inf and the step was skipped (counted in ``state.nonfinite_steps``)."""
-    comp, mask, real = to_device(batch, device)
+    comp, mask, real = to_device(batch, device, getattr(t, "channels_last", False))
     comp, real = scene_colour_jitter(comp, real, t.colour_jitter)
     comp = identity_pairs(comp, real, t.identity_fraction)
     gen = state.generator

@@ -193,17 +193,26 @@ def forwarded_env() -> dict[str, str]:
     }
 
 
+def scaling_config(t):
+    """The Ray Train workers of ``train`` (or one ablation trial's): CPUs and GPUs per worker. A fraction
+    of a GPU (``gpus_per_worker: 0.25``) lets Ray pack that many trainings of small networks on one GPU
+    (each its own process and CUDA context), so a sweep of small networks is not launch-bound."""
+    from ray.train import ScalingConfig
+
+    resources: dict[str, float] = {"CPU": t.cpus_per_worker}
+    if t.use_gpu:
+        resources["GPU"] = t.gpus_per_worker
+    return ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources)
+
+
 def make_trainer(
     params: Params, loop_config: dict, key: str, callbacks: list | None = None,
     worker_env: dict[str, str] | None = None,
 ):  # fmt: skip
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     t = params.train
-    resources = {"CPU": t.cpus_per_worker}
-    if t.use_gpu:
-        resources["GPU"] = t.gpus_per_worker
     store = loop_config["store"]
     fs, path = store.filesystem(store.uri("ray"))
     datasets = None
@@ -214,9 +223,7 @@ def make_trainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         datasets=datasets,
-        scaling_config=ScalingConfig(
-            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources
-        ),
+        scaling_config=scaling_config(t),
         run_config=RunConfig(
             name=key,
             storage_path=path,

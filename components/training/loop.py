@@ -29,7 +29,7 @@ from components.checkpoint import newest_intact, write_with_hash
 from components.data.shards import ShardDataset
 from components.progress import Progress
 from components.storage import Store
-from components.training import engine, figures, ingest, quiet
+from components.training import cuda, engine, figures, ingest, quiet
 from components.training.mlflow_logging import RankZeroLogger
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ def newest_state(
     folder) whose ``state.pt`` matches the sha256 written at save and loads; by epoch on disk, not by
     what Ray recorded last (a killed driver may not have recorded its last checkpoints). ``problems``
     names the newer files that were skipped."""
+
     def load(data: bytes) -> dict:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
 
@@ -85,9 +86,36 @@ def save_state(state: engine.TrainState, directory: str) -> None:
     write_with_hash(directory, STATE_FILE, buf.getvalue())
 
 
-def make_loaders(config: dict, rank: int, world: int):
+def report_checkpoint(state: engine.TrainState, row: dict, rank: int, name: str, device) -> None:
+    """``ray.train.report`` with rank 0's checkpoint. On CUDA the upload runs in the background (Ray
+    deletes the local folder once uploaded), so the GPU does not wait on storage; on CPU it happens
+    inside the call, in a temporary folder removed after it."""
+    import ray.train
+
+    mode = cuda.upload_mode(device)
+    if mode == ray.train.CheckpointUploadMode.SYNC:
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                save_state(state, tmp)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(row, checkpoint=ckpt, checkpoint_dir_name=name)
+        return
+    ckpt = None
+    if rank == 0:
+        tmp = tempfile.mkdtemp(prefix="harmonize-ckpt-")
+        save_state(state, tmp)
+        ckpt = ray.train.Checkpoint.from_directory(tmp)
+    ray.train.report(
+        row, checkpoint=ckpt, checkpoint_dir_name=name, checkpoint_upload_mode=mode,
+        delete_local_checkpoint_after_upload=True,
+    )  # fmt: skip
+
+
+def make_loaders(config: dict, rank: int, world: int, device="cpu"):
     t = config["params"].train
     size = config.get("image_size")  # each row is checked against it before its PNGs are decoded
+    opts = cuda.loader_options(t, device)  # CPU: no workers, no pinning (as before)
     train_ds = ShardDataset(
         config["train_uris"], hflip=t.hflip, rank=rank, world_size=world, seed=t.seed, store=config["store"],
         image_size=size,
@@ -102,8 +130,8 @@ def make_loaders(config: dict, rank: int, world: int):
         even=False,
         image_size=size,
     )
-    train_loader = DataLoader(train_ds, batch_size=t.batch_size, drop_last=True, num_workers=0)
-    val_loader = DataLoader(val_ds, batch_size=max(t.batch_size, 16), num_workers=0)
+    train_loader = DataLoader(train_ds, batch_size=t.batch_size, drop_last=True, **opts)
+    val_loader = DataLoader(val_ds, batch_size=max(t.batch_size, 16), **opts)
     steps = len(train_ds) // t.batch_size
     if t.max_steps_per_epoch:
         steps = min(steps, t.max_steps_per_epoch)
@@ -143,6 +171,7 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     engine.make_deterministic(None if t.use_gpu else max(1, t.cpus_per_worker), strict=not t.use_gpu)
     device = ray.train.torch.get_device()
+    cuda.tune_backend(device)  # cudnn.benchmark, TF32: CUDA only
 
     state = engine.build_state(params, config["gen_spec"], device, wrap=ray.train.torch.prepare_model)
     # The newest intact checkpoint on disk, also after a worker restart inside this fit (Ray's own
@@ -157,7 +186,7 @@ def train_loop_per_worker(config: dict) -> None:
         engine.load_state_dict(state, saved)
         log.info("rank %d: resumed from %s (epoch %d, step %d)", rank, folder, state.epoch, state.global_step)
 
-    train_ds, train_loader, val_loader, steps = make_loaders(config, rank, world)
+    train_ds, train_loader, val_loader, steps = make_loaders(config, rank, world, device)
     total_epochs = t.epochs + t.decay_epochs
     fault_after = int(os.environ.get(FAULT_ENV, "0") or 0)
     pause_after = int(os.environ.get(PAUSE_ENV, "0") or 0)
@@ -192,7 +221,9 @@ def train_loop_per_worker(config: dict) -> None:
             engine.end_epoch(state)
 
             keep = t.sample_grid if rank == 0 else 0
-            val_sums, samples = engine.validate(engine.eval_generator(state), val_loader, device, t.amp, keep=keep)
+            val_sums, samples = engine.validate(
+                engine.eval_generator(state), val_loader, device, t.amp, keep=keep
+            )
             val_sums.all_reduce()
             val, composite = val_sums.means()
             row = {
@@ -214,16 +245,13 @@ def train_loop_per_worker(config: dict) -> None:
                 to_log = {("val_" + k if k.startswith("composite_") else k): v for k, v in to_log.items()}
                 logger.log_epoch(epoch, to_log, epoch_artifacts(epoch, samples, state.history, baseline))
             check_weights(state)
-            with tempfile.TemporaryDirectory() as tmp:
-                ckpt = None
-                if rank == 0:
-                    save_state(state, tmp)
-                    ckpt = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report(row, checkpoint=ckpt, checkpoint_dir_name=checkpoint_dir_name(epoch, taken))
+            report_checkpoint(state, row, rank, checkpoint_dir_name(epoch, taken), device)
             if fault_after == epoch and not resumed:
                 raise RuntimeError(f"{FAULT_ENV}={fault_after}: injected failure after epoch {epoch}")
             if pause_after == epoch and not resumed:
-                log.warning("rank %d: %s=%d: paused after epoch %d until stopped", rank, PAUSE_ENV, epoch, epoch)
+                log.warning(
+                    "rank %d: %s=%d: paused after epoch %d until stopped", rank, PAUSE_ENV, epoch, epoch
+                )
                 while True:
                     time.sleep(1)
         status = "FINISHED"

@@ -7,7 +7,7 @@ import csv
 import pytest
 
 from components.cli import UserError
-from components.config import load_params
+from components.config import ConfigError, load_params
 from components.models import build_model
 from components.models.rainnet import PLACEMENTS
 from components.training import ablation
@@ -94,3 +94,26 @@ def test_results_files(tmp_path):
     pngs = ablation.figures(vs, {v.id: hist for v in vs})
     assert set(pngs) == {"type-I", "type-II", "type-III", "families"}
     assert all(b.startswith(b"\x89PNG") for b in pngs.values())
+
+
+def test_fractional_gpus_pack_several_trials_on_one_gpu():
+    """``ablate.gpus_per_worker: 0.25``: every trial's Ray Train workers ask for a quarter of a GPU, so
+    Ray places four trials of small networks on one GPU; the train section is left as it was."""
+    from components.training import launch
+
+    p = params("ablate.use_gpu=true", "ablate.gpus_per_worker=0.25", "ablate.max_concurrent_trials=4",
+               "ablate.cpus_per_worker=1")  # fmt: skip
+    variants = ablation.plan(p, 64)
+    for v in variants:
+        sc = launch.scaling_config(ablation.trial_params(p, v).train)
+        assert sc.use_gpu and sc.num_workers == 1
+        assert sc.total_resources == {"CPU": 1.0, "GPU": 0.25}
+    per_trial = launch.scaling_config(ablation.trial_params(p, variants[0]).train).total_resources["GPU"]
+    assert p.ablate.max_concurrent_trials * per_trial == 1.0  # four concurrent trials fill one GPU
+    assert not p.train.use_gpu and p.train.gpus_per_worker == 1.0
+    cpu = launch.scaling_config(ablation.trial_params(params(), variants[0]).train)
+    assert not cpu.use_gpu and "GPU" not in cpu.total_resources
+    with pytest.raises(
+        ConfigError, match="ablate.gpus_per_worker=0.0: expected a finite number greater than 0"
+    ):
+        params("ablate.gpus_per_worker=0")

@@ -1,0 +1,244 @@
+"""How ``prepare``, the shard reader and ``evaluate`` cost as the data grows towards iHarmony4's size.
+
+    .venv/bin/python -m benchmarks.make_iharmony4 /tmp/ih4 --count 4000 --processes 2
+    .venv/bin/python benchmarks/bench_scale.py --data /tmp/ih4 --sizes 1000 2000 4000 [--out benchmarks/scale.json]
+
+For each size N, the paper profile's ``prepare`` (iharmony4 source, 256 px, ``limit: N`` composites of
+the folder) runs as its own process, then the shard reader (one epoch of the train split at the
+paper's batch, 11) and ``evaluate`` on the test split, each as its own process; a thread samples the
+resident memory of the process tree (psutil, every 0.1 s). Then time ~ N^b is fitted (log-log), a
+line ``t = c + k N`` too, and both are extrapolated to iHarmony4's 73,146 composites; the peak memory
+of the largest size against the smallest says whether memory stays flat. ``evaluate`` runs a RainNet
+of the paper's architecture at 256 px but ngf ``--eval-ngf`` (16: ngf 64 is too slow on 2 CPU cores;
+the scaling with N, not the network's speed, is what is measured here; bench_gpu.py measures ngf 64).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+IHARMONY4 = 73146
+BATCH = 11  # the paper's
+
+
+def tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
+
+
+def measured(cmd: list[str], env: dict | None = None) -> dict:
+    """Run ``cmd``; wall seconds, peak RSS of its process tree (MB), its last stdout line."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ps, peak, done = psutil.Process(proc.pid), 0, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            with contextlib.suppress(psutil.Error):
+                peak = max(peak, tree_rss(ps))
+            done.wait(0.1)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t
+    done.set()
+    th.join()
+    if proc.returncode:
+        raise SystemExit(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
+    last = out.strip().splitlines()[-1] if out.strip() else ""
+    return {"seconds": round(wall, 2), "peak_rss_mb": round(peak / 2**20, 1), "last_line": last}
+
+
+def sets(*pairs: str) -> list[str]:
+    return [a for p in pairs for a in ("-S", p)]
+
+
+def prepare_cmd(data: str, n: int, work: Path, processes: int) -> list[str]:
+    return [
+        sys.executable, "-m", "pipeline.prepare", "--profile", "paper", "--no-progress",
+        *sets(
+            f"storage.root={work / 'store'}",
+            f"prepare.sources=[{{kind: iharmony4, path: {data}, limit: {n}}}]",
+            f"prepare.processes={processes}",
+            f"prepare.card={work / 'card.json'}",
+            f"prepare.manifest={work / 'manifest.json'}",
+            f"prepare.samples_png={work / 'samples.png'}",
+        ),
+    ]  # fmt: skip
+
+
+def reader_main(store_root: str) -> None:
+    """One epoch of the train split at batch 11 (the training reader, no workers); prints JSON."""
+    from torch.utils.data import DataLoader
+
+    from components.data.shards import ShardDataset, shard_uris
+    from components.storage import Store
+
+    store = Store(store_root)
+    ds = ShardDataset(shard_uris(store, "iharmony4-256", "train"), store=store)
+    n, t = 0, time.perf_counter()
+    for batch in DataLoader(ds, batch_size=BATCH, drop_last=True, num_workers=0):
+        n += batch["composite"].shape[0]
+    wall = time.perf_counter() - t
+    print(json.dumps({"images": n, "epoch_s": round(wall, 2), "images_per_s": round(n / wall, 1)}))
+
+
+def eval_model(work: Path, ngf: int) -> str:
+    """The paper profile's generator (RainNet, image head, 256) at ``ngf``, untrained, as a checkpoint."""
+    import torch
+
+    from components.checkpoint import save_generator
+    from components.config import load_params
+    from components.models import build_model
+
+    spec = {**load_params(REPO / "params.yaml", profile="paper").model.generator, "ngf": ngf}
+    spec = {k: v for k, v in spec.items() if v is not None}
+    torch.manual_seed(0)
+    model = build_model({**spec, "image_size": 256})
+    path = work / f"rainnet-ngf{ngf}.pt"
+    save_generator(str(path), model, spec, 256)
+    return str(path)
+
+
+def evaluate_cmd(work: Path, model: str) -> list[str]:
+    return [
+        sys.executable, "-m", "pipeline.evaluate", "--profile", "paper",
+        "--tracking-uri", f"sqlite:///{work / 'mlruns.db'}",
+        *sets(
+            f"storage.root={work / 'store'}",
+            f"prepare.card={work / 'card.json'}",
+            f"evaluate.model={model}",
+            "evaluate.device=cpu",
+            f"evaluate.per_image_out={work / 'eval.csv'}",
+            f"evaluate.summary_out={work / 'eval.json'}",
+            f"evaluate.summary_md={work / 'eval.md'}",
+            f"evaluate.showcase_out={work / 'eval.png'}",
+        ),
+    ]  # fmt: skip
+
+
+def fit(ns: list[int], values: list[float]) -> dict:
+    """Growth exponent b of v ~ N^b (least squares in log-log), the line v = c + k N, and both at 73,146."""
+    x, y = np.log(ns), np.log(values)
+    b, loga = np.polyfit(x, y, 1)
+    k, c = np.polyfit(ns, values, 1)
+    return {
+        "exponent": round(float(b), 3),
+        "line": {"intercept": round(float(c), 3), "per_item": round(float(k), 6)},
+        "at_73146_power": round(float(math.exp(loga) * IHARMONY4**b), 1),
+        "at_73146_line": round(float(c + k * IHARMONY4), 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="an iHarmony4-layout folder (benchmarks/make_iharmony4.py)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 4000])
+    ap.add_argument("--work", default="/tmp/bench_scale")
+    ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument("--eval-ngf", type=int, default=16)
+    ap.add_argument("--skip-evaluate", action="store_true")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "scale.json"))
+    ap.add_argument("--previous", help="a scale.json of an earlier run on the same data: its sizes are kept")
+    ap.add_argument("--reader", help=argparse.SUPPRESS)  # internal: run the reader on this store root
+    a = ap.parse_args()
+    if a.reader:
+        reader_main(a.reader)
+        return
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    results, load = [], [os.getloadavg()]
+    if a.previous:  # e.g. a size measured with evaluate before a rerun without it
+        prev = json.loads(Path(a.previous).read_text())
+        results = [{**r, "run": prev["command"]} for r in prev["sizes"] if r["composites"] not in a.sizes]
+        load = prev["load_average_1_5_15"] + load
+    for n in a.sizes:
+        work = Path(a.work) / f"n{n}"
+        subprocess.run(["rm", "-rf", str(work)], check=True)
+        work.mkdir(parents=True)
+        row: dict = {"composites": n}
+        prep = measured(prepare_cmd(a.data, n, work, a.processes), env)
+        manifest = json.loads((work / "manifest.json").read_text())
+        shards = [s for split in manifest["shards"].values() for s in split]
+        row["prepare"] = {
+            "seconds": prep["seconds"],
+            "peak_rss_mb": prep["peak_rss_mb"],
+            "composites_per_s": round(n / prep["seconds"], 2),
+            "counts": manifest["counts"],
+            "shards": len(shards),
+            "shard_bytes": sum(s["bytes"] for s in shards),
+        }
+        rd = measured([sys.executable, __file__, "--data", a.data, "--reader", str(work / "store")], env)
+        row["reader"] = {
+            **json.loads(rd["last_line"]),
+            "seconds": rd["seconds"],
+            "peak_rss_mb": rd["peak_rss_mb"],
+        }
+        if not a.skip_evaluate:
+            model = eval_model(work, a.eval_ngf)
+            ev = measured(evaluate_cmd(work, model), env)
+            images = json.loads((work / "eval.json").read_text())["n_images"]
+            row["evaluate"] = {
+                "images": images,
+                "seconds": ev["seconds"],
+                "images_per_s": round(images / ev["seconds"], 2),
+                "peak_rss_mb": ev["peak_rss_mb"],
+            }
+        load.append(os.getloadavg())
+        results.append(row)
+        print(json.dumps(row), flush=True)
+        write(a, results, load)  # after every size: a long run that is stopped keeps what it measured
+
+
+def write(a, results: list[dict], load: list) -> None:
+    ns = [r["composites"] for r in results]
+    growth: dict = {}
+    if len(ns) >= 2:
+        stages = ["prepare", "reader"] + ([] if a.skip_evaluate else ["evaluate"])
+        for stage in stages:
+            xs = ns if stage == "prepare" else [r[stage]["images"] for r in results]
+            secs = [r[stage]["epoch_s"] if stage == "reader" else r[stage]["seconds"] for r in results]
+            mem = [r[stage]["peak_rss_mb"] for r in results]
+            growth[stage] = {
+                "time": fit(xs, secs),
+                "memory_largest_over_smallest": round(mem[-1] / mem[0], 3),
+                "memory_flat_within_10pct": abs(mem[-1] / mem[0] - 1) <= 0.10,
+            }
+        bytes_ = [r["prepare"]["shard_bytes"] for r in results]
+        growth["shard_bytes"] = {
+            "exponent": fit(ns, bytes_)["exponent"],
+            "bytes_per_composite": round(bytes_[-1] / ns[-1]),
+            "at_73146_gb": round(bytes_[-1] / ns[-1] * IHARMONY4 / 1e9, 2),
+        }
+    out = {
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "machine": f"{os.cpu_count()} CPU cores, shared with other jobs",
+        "load_average_1_5_15": [[round(v, 2) for v in lv] for lv in load],
+        "eval_model": f"RainNet (paper profile) at 256 px, ngf {a.eval_ngf}, untrained, CPU",
+        "sizes": results,
+        "growth": growth,
+    }
+    Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -47,7 +47,8 @@ class _Harmonize:
         from components import serving_io  # the input contract, shared with the served model's clients
 
         composite, mask = serving_io.parse_input(model_input)
-        return serving_io.format_output(self.predictor.predict_batch(composite, mask))
+        images = self.predictor.predict_batch(composite, mask)
+        return serving_io.format_output(images, compact=serving_io.is_compact(model_input))
 
 
 class GeneratorModel(_Harmonize, mlflow.pyfunc.PythonModel):
@@ -66,15 +67,13 @@ class GeneratorModel(_Harmonize, mlflow.pyfunc.PythonModel):
 
 
 def signature():
-    """Named uint8 tensors in, one uint8 tensor out; any batch size and image size."""
+    """One uint8 tensor out, any batch and image size. The input is not declared: it takes two forms
+    (``components.serving_io``: uint8 arrays, or base64 image files), and a declared tensor input would
+    make MLflow refuse the compact one before ``predict`` sees it; ``predict`` checks either form."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
-    u8 = np.dtype("uint8")
-    return ModelSignature(
-        inputs=Schema([TensorSpec(u8, (-1, -1, -1, 3), "composite"), TensorSpec(u8, (-1, -1, -1), "mask")]),
-        outputs=Schema([TensorSpec(u8, (-1, -1, -1, 3))]),
-    )
+    return ModelSignature(outputs=Schema([TensorSpec(np.dtype("uint8"), (-1, -1, -1, 3))]))
 
 
 def input_example(image_size: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -21,6 +21,7 @@ from tests.serve import helpers
 from tests.serve.conftest import log_training_run
 
 SERVE_PHOTO_INDEX = 9  # a photo the strong model did not train on
+LIMIT_400 = 2000  # characters of a 400 answer
 
 
 @contextlib.contextmanager
@@ -80,12 +81,15 @@ def test_served_champion_returns_the_harmonized_image(champion_store, photos, ph
         Image.fromarray(mask).save(tmp_path / "mask.png")
         capsys.readouterr()
         assert serving_io.main(["request", str(tmp_path / "composite.png"), str(tmp_path / "mask.png")]) == 0
-        body = json.loads(capsys.readouterr().out)  # what the README pipes into curl
-        assert body == serving_io.request(comp, mask)
+        body = json.loads(capsys.readouterr().out)  # what the README pipes into curl: the files, base64
+        assert set(body["inputs"]) == {"composite_png", "mask_png"}
+        tensor_body = serving_io.request(comp, mask, compact=False)
+        assert len(json.dumps(body)) * 5 < len(json.dumps(tensor_body))  # compact: a fraction of the lists
 
         status, answer = post(f"{url}/invocations", body)
-        assert status == 200, answer
-        (out,) = serving_io.response_images(answer)
+        assert status == 200, str(answer)[:2000]
+        (out,) = serving_io.response_images(answer)  # answered in kind: base64 PNGs
+        assert isinstance(answer["predictions"][0], str)
         assert out.shape == comp.shape and out.dtype == np.uint8
         assert out[~fg].tobytes() == comp[~fg].tobytes()  # the background, byte for byte
         assert not np.array_equal(out[fg], comp[fg])  # the object was harmonized
@@ -93,12 +97,39 @@ def test_served_champion_returns_the_harmonized_image(champion_store, photos, ph
         with tracking_at(champion_store):
             local = Predictor.from_uri("models:/rainnet@champion")(comp, mask)
         assert np.array_equal(out, local)
+        status, tensor_answer = post(f"{url}/invocations", tensor_body)  # the tensor form: the same image
+        assert status == 200 and np.array_equal(serving_io.response_images(tensor_answer)[0], out)
 
         (tmp_path / "answer.json").write_text(json.dumps(answer))
         assert serving_io.main(["response", str(tmp_path / "answer.json"), str(tmp_path / "out.png")]) == 0
         assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), out)
 
-        status, answer = post(f"{url}/invocations", {"inputs": {"composite": comp.tolist()}})
-        assert status == 400 and "mask" in json.dumps(answer)  # a clear refusal, not a crash
+        for partial in ({"composite": comp.tolist()}, {"composite_png": body["inputs"]["composite_png"]}):
+            status, answer = post(f"{url}/invocations", {"inputs": partial})
+            text = json.dumps(answer)
+            assert status == 400 and "missing input 'mask" in text, text[:3000]  # names what is missing
+            assert len(text) < LIMIT_400, text  # and does not echo the arrays or the image back
     finally:
         _stop(proc)
+
+
+def _ports(text: str, command: str) -> set[int]:
+    """The ports the ``command`` lines of ``text`` listen on (``-p`` / ``--port``; MLflow's default 5000)."""
+    import re
+
+    lines = [line[line.index(command):] for line in text.splitlines() if command in line]
+    return {int(m.group(1)) if (m := re.search(r"(?:-p|--port)[ =](\d+)", line)) else 5000 for line in lines}
+
+
+def test_readme_and_pipeline_summary_start_the_ui_and_the_server_on_different_ports():
+    """Following the README (and the summary ``make pipeline`` ends on) literally: ``mlflow ui`` and
+    ``mlflow models serve`` run side by side, so they must not both want one port."""
+    from pipeline import summary
+    from tests.serve.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    tail = "\n".join(summary.lines({"run_id": "r"}, {}, {"name": "rainnet", "version": 1, "metric": "fmse",
+                                   "value": 1.0, "promoted": True, "reason": "x", "champion_version": 1}))  # fmt: skip
+    for text in (readme, tail):
+        ui, serve = _ports(text, "mlflow ui"), _ports(text, "mlflow models serve")
+        assert ui and serve and not ui & serve, (ui, serve)

@@ -14,9 +14,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## Set everything up, then run the whole DVC pipeline on the default (laptop) profile.
+## Set everything up, run the whole DVC pipeline on the default (laptop) profile, then say what it
+## produced (run id, model URI, champion) and the commands to run next.
 pipeline: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+	@$(BIN)/python -m pipeline.summary
 
 ## Set everything up, then lint and run the test suite (the same command CI runs).
 test: $(STAMP)

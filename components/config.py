@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
 import os
 import types
@@ -317,7 +318,9 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+        close = difflib.get_close_matches(unknown[0], sorted(names), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{where}: unknown key(s) {unknown}{hint} (known: {', '.join(sorted(names))})")
     kwargs = {k: _check_type(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
 
@@ -417,10 +420,29 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+def check_override_key(text: str, parts: list[str]) -> None:
+    """A ``-S`` key that names no params key fails here, naming the override (not the params file, which
+    has no such line) and the nearest key (``train.lrr`` -> did you mean ``train.lr``?). Keys inside a
+    free-form mapping (``model.generator.*``) are checked where that mapping is used."""
+    cls: Any = Params
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(cls):
+            return
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names:
+            close = difflib.get_close_matches(part, names, n=1)
+            where = ".".join(parts[:i]) or "the top level"
+            hint = (f"did you mean {'.'.join([*parts[:i], close[0], *parts[i + 1 :]])}?" if close
+                    else f"{where} has {', '.join(names)}")  # fmt: skip
+            raise ConfigError(f"-S {text}: no params key {'.'.join(parts)}; {hint}")
+        cls = typing.get_type_hints(cls)[part]
+
+
 def apply_overrides(data: dict, overrides: typing.Iterable[str]) -> dict:
     data = copy.deepcopy(data)
     for text in overrides:
         parts, value = parse_override(text)
+        check_override_key(text, parts)
         node = data
         for part in parts[:-1]:
             node = node.setdefault(part, {})

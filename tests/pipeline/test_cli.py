@@ -114,3 +114,37 @@ def test_not_found_messages_name_the_store(tmp_path):
     res = run(["-m", "pipeline.evaluate", "--params", str(REPO / "params.yaml"), "--tracking-uri", uri,
                "-S", "evaluate.model=models:/rainnet@champion"], cwd=tmp_path)  # fmt: skip
     assert res.returncode == 2 and "models:/rainnet@champion" in res.stderr and uri in res.stderr
+
+
+def test_a_misspelt_override_names_the_override_and_the_nearest_key(tmp_path):
+    res = run(["-m", "pipeline.train", "--params", str(REPO / "params.yaml"), "-S", "train.lrr=0.1"], cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip() == "error: -S train.lrr=0.1: no params key train.lrr; did you mean train.lr?"
+    res = run(["-m", "pipeline.evaluate", "--params", str(REPO / "params.yaml"), "-S", "evalute.batch_size=2"],
+              cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 2 and "did you mean evaluate.batch_size?" in res.stderr, res.stderr
+    # In the params file (what `dvc exp run -S +train.lrr=...` writes): the file, the key, the nearest one.
+    text = (REPO / "params.yaml").read_text()
+    assert "\n  lr: " in text
+    (tmp_path / "params.yaml").write_text(text.replace("\n  lr: ", "\n  lrr: ", 1))
+    res = run(["-m", "pipeline.train", "--params", "params.yaml"], cwd=tmp_path)
+    assert res.returncode == 2 and "params.yaml: train: unknown key(s) ['lrr']; did you mean 'lr'?" in res.stderr
+
+
+def test_make_pipeline_ends_on_what_it_produced_and_the_next_commands():
+    """The last command of ``make pipeline`` is the summary, and its last lines are the run, the model,
+    the champion and the commands to run next (on the pipeline outputs in this checkout)."""
+    recipe = (REPO / "Makefile").read_text().split("\npipeline:", 1)[1].split("\n\n", 1)[0]
+    assert recipe.strip().splitlines()[-1].strip().endswith("python -m pipeline.summary")
+    res = run(["-m", "pipeline.summary"], cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    train, registered = (json.loads((REPO / "metrics" / f).read_text()) for f in ("train.json", "register.json"))
+    tail = res.stdout.strip().splitlines()
+    assert tail[0] == "Pipeline done." and len(tail) <= 12
+    assert f"runs:/{train['run_id']}/model" in res.stdout
+    assert f"{registered['name']} version {registered['version']}" in res.stdout
+    if registered["champion_version"]:
+        assert f"champion       {registered['name']} version {registered['champion_version']}" in res.stdout
+        assert tail[-3].strip().startswith("harmonize ") and f"models:/{registered['name']}@champion" in tail[-3]
+    assert tail[-4].strip().startswith("mlflow ui") and "mlflow models serve" in tail[-2]
+    assert "dvc push" not in res.stdout

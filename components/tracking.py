@@ -169,7 +169,7 @@ EXPERIMENT_NOTES = {
         "Training runs of harmonization generators (RainNet, DIH), one per train key. Per epoch: "
         "val_* metrics (step = epoch) and the sample grid (image key `samples`); per step: `train/*` "
         "losses (step = global step). After `evaluate`, the test metrics (`test_*`) of the model and of "
-        "the unharmonized composite; after `register`, the registered version and its aliases as tags."
+        "the unharmonized composite; after `register`, the registered version and the decision as tags."
     ),
     "harmonization-eval": (
         "Evaluation runs: one model scored on one test set at native resolution. Tag `model_run_id` "
@@ -222,11 +222,31 @@ def get_or_create_experiment(name: str, client: MlflowClient | None = None) -> E
 class GitInfo:
     commit: str  # full sha, or "unknown" outside a git checkout
     short: str  # 8-character sha, or "unknown"
-    dirty: bool | None  # tracked files modified (untracked files ignored); None when unknown
+    dirty: bool | None  # tracked files other than pipeline outputs modified; None when unknown
+
+
+def pipeline_outputs(root: Path) -> list[str]:
+    """``dvc.lock`` and the outs / metrics / plots of ``dvc.yaml``: files the pipeline itself rewrites
+    (committed so a clone has them), which a run does not make the code "dirty" by changing."""
+    import yaml
+
+    try:
+        stages = (yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages") or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    paths = ["dvc.lock"]
+    for stage in stages.values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind) or []:
+                path = next(iter(entry)) if isinstance(entry, dict) else str(entry)
+                if "${" not in path:
+                    paths.append(path)
+    return paths
 
 
 def git_commit(path: str | Path | None = None) -> GitInfo:
-    """The commit of the checkout holding ``path`` (default: project root) and whether it is dirty."""
+    """The commit of the checkout holding ``path`` (default: project root) and whether its code is dirty
+    (tracked files modified, the pipeline's own outputs aside: a run rewrites those as it goes)."""
     where = str(path or project_root())
 
     def git(*args: str) -> str:
@@ -236,7 +256,9 @@ def git_commit(path: str | Path | None = None) -> GitInfo:
 
     try:
         sha = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        top = Path(git("rev-parse", "--show-toplevel"))
+        exclude = [f":(top,exclude){Path(where).resolve().relative_to(top) / p}" for p in pipeline_outputs(Path(where))]
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", *exclude))
     except (OSError, subprocess.SubprocessError):
         return GitInfo("unknown", "unknown", None)
     return GitInfo(sha, sha[:8], dirty)

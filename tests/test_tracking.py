@@ -282,3 +282,26 @@ def test_two_runs_logging_one_new_dataset_at_once_both_get_it(project):
     assert raced, "the store never inserted the dataset: the race was not exercised"
     inputs = [client.get_run(r).inputs.dataset_inputs for r in (mine, other)]
     assert [[(d.dataset.name, d.dataset.digest) for d in i] for i in inputs] == [[("tiny", "a" * 36)]] * 2
+
+
+def test_git_dirty_is_about_the_code_not_the_outputs_the_pipeline_rewrites(tmp_path):
+    """A run of the pipeline rewrites its committed outputs (dvc.lock, metrics/, reports/) as it goes;
+    the runs it logs are still of clean code. A modified source file makes them dirty."""
+    import shutil
+
+    from components.tracking import git_commit
+
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copy(repo / "dvc.yaml", tmp_path / "dvc.yaml")
+    for rel in ("dvc.lock", "metrics/train.json", "reports/ablation.md", "pipeline/train.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("committed\n")
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "x"]):
+        subprocess.run(["git", *cmd], cwd=tmp_path, check=True, env={**os.environ, **env})
+    assert git_commit(tmp_path).dirty is False
+    for rel in ("dvc.lock", "metrics/train.json", "reports/ablation.md"):
+        (tmp_path / rel).write_text("rewritten by the run\n")
+    assert git_commit(tmp_path).dirty is False
+    (tmp_path / "pipeline/train.py").write_text("edited\n")
+    assert git_commit(tmp_path).dirty is True

@@ -140,7 +140,6 @@ def record_decision(client: MlflowClient, name: str, version: str, run_id: str, 
     tags = {
         "promoted": str(decision.promoted).lower(),
         "promotion_reason": decision.reason,
-        "aliases": ",".join(decision.aliases) or "none",
     }
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
@@ -191,34 +190,49 @@ def model_card(
     decision: Decision,
     rule: str,
 ) -> str:
-    """The model card in markdown: what it is, what it was trained on, how it scores, where it falls short."""
+    """The model card in markdown. The version page shows its first lines, so they are what a reader
+    decides on: the test numbers against the composite and the promotion decision; the detail follows."""
     gen = evaluation.get("generator") or {}
     size = evaluation.get("image_size")
     head = gen.get("head", "image")
+    ours, comp = evaluation["harmonized"]["overall"], evaluation["composite"]["overall"]
+
+    def vs(metric: str) -> str:
+        a, b = ours.get(metric), comp.get(metric)
+        if a is None or b is None:
+            return f"{metric} -"
+        ratio = f", {a / b:.2f}x" if metric.endswith("mse") and b else ""
+        return f"{metric} **{a:.2f}** (composite {b:.2f}{ratio})"
+
+    verdict = "**promoted to champion**" if decision.promoted else "**not promoted**"
     lines = [
         f"# {name} version {version}",
         "",
-        f"Generator `{gen.get('name')}` (placement `{gen.get('placement') or 'none'}`), spec `{gen}`, "
-        f"trained at {size}x{size}. Training run `{train_run.get('run_name')}` "
-        f"(`{evaluation.get('model_run_id')}`), evaluation run `{evaluation.get('eval_run_id')}`.",
+        f"Test {vs('fmse')}; {vs('psnr')}; {vs('mse')}; {vs('fpsnr')}: {evaluation.get('n_images')} "
+        f"images of `{evaluation.get('data')}` at native resolution (test set `{evaluation.get('test_set')}`).",
         "",
-        "## Training data",
+        f"Decision: {verdict}, {decision.reason}. Rule: {rule}.",
         "",
+        "## Model and data",
+        "",
+        f"- generator `{gen.get('name')}`, placement `{gen.get('placement') or 'none'}`, head `{head}`, "
+        f"trained at {size}x{size}",
+        f"- training run `{train_run.get('run_name')}` (`{evaluation.get('model_run_id')}`), evaluation run "
+        f"`{evaluation.get('eval_run_id')}`",
         f"- dataset content hash: `{evaluation.get('dataset_hash') or 'unknown'}`",
     ]
-    for key in ("name", "source", "sources", "counts", "n_rows", "splits", "methods", "image_size"):
+    for key in ("name", "counts", "image_size"):  # sources and methods: metrics/dataset_card.json
         if dataset_card and key in dataset_card:
-            lines.append(f"- {key}: `{dataset_card[key]}`")
-    for key in ("train.epochs", "train.batch_size", "train.lr", "train.gan", "prepare.name"):
+            lines.append(f"- dataset {key}: `{dataset_card[key]}`")
+    for key in ("train.epochs", "train.batch_size", "train.lr", "train.gan"):
         if key in train_run.get("params", {}):
             lines.append(f"- {key}: `{train_run['params'][key]}`")
     lines += [
         "",
-        f"## Test metrics ({evaluation.get('n_images')} images of `{evaluation.get('data')}` at their "
-        f"native resolution through the predictor, test set `{evaluation.get('test_set')}`)",
+        "## Test metrics by group",
         "",
         "MSE / PSNR (peak 255, capped at 100 dB) / fMSE / fPSNR on uint8 after rounding, per image then "
-        "averaged (RAINNET.md section 5).",
+        "averaged.",
         "",
         "| method | group | n | MSE | PSNR | fMSE | fPSNR |",
         "|---|---|---|---|---|---|---|",
@@ -232,11 +246,6 @@ def model_card(
             vals = " | ".join("-" if g[m] is None else f"{g[m]:.2f}" for m in metrics.METRICS)
             lines.append(f"| {label} | {group} | {g['n']} | {vals} |")
     lines += [
-        "",
-        "## Promotion",
-        "",
-        f"Rule: {rule}. Decision: {'promoted to champion' if decision.promoted else 'not promoted'} "
-        f"({decision.reason}). Aliases: {', '.join(decision.aliases) or 'none'}.",
         "",
         "## Limits",
         "",

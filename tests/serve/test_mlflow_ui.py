@@ -175,7 +175,8 @@ VERSION_PAGE_JS = """(() => {
     .find(d => d.textContent.startsWith('Aliases'));
   if (!item || tag('promoted') === undefined) return null;
   return {aliases: [...item.querySelectorAll('[role=status]')].map(e => e.getAttribute('title')),
-          promoted: tag('promoted'), promotion_reason: tag('promotion_reason'), test_fmse: tag('test_fmse')};
+          promoted: tag('promoted'), promotion_reason: tag('promotion_reason'), test_fmse: tag('test_fmse'),
+          aliases_tag: tag('aliases') ?? null, text: document.body.innerText};
 })()"""
 
 
@@ -227,6 +228,13 @@ def test_version_compare_page_shows_test_fmse_and_each_version_page_the_decision
         assert page["promoted"] == v.tags["promoted"], page
         assert page["promotion_reason"] == v.tags["promotion_reason"], page
         assert float(page["test_fmse"]) == pytest.approx(float(v.tags["test_fmse"]))
+        # The description as the page shows it: the test numbers against the composite, then the decision,
+        # right under its title; no tag that goes stale when another version takes an alias.
+        assert page["aliases_tag"] is None, page["aliases_tag"]
+        shown = page["text"].split(f"{name} version {v.version}\n", 1)[1].strip().splitlines()[:3]
+        lines = [line.strip() for line in shown if line.strip()]
+        assert lines[0].startswith(f"Test fmse {float(v.tags['test_fmse']):.2f} (composite "), lines
+        assert lines[1].startswith("Decision: " + ("promoted" if v.tags["promoted"] == "true" else "not")), lines
     old, new = pages
     assert "champion" in new["aliases"] and "champion" not in old["aliases"]
     assert new["promoted"] == "true" and "vs champion v1" in new["promotion_reason"]

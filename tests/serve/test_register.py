@@ -42,6 +42,15 @@ def test_promotion_and_idempotency(registry_flow):
     card = steps["better"]["card"]
     n = ev["n_images"]
     assert f"| composite (no harmonization) | overall | {n} |" in card and "## Limits" in card
+    # What the version page shows first: the test numbers against the composite, then the decision.
+    head = [line for line in v2.description.splitlines() if line.strip()][1:3]
+    fmse, comp_fmse = ev["harmonized"]["overall"]["fmse"], ev["composite"]["overall"]["fmse"]
+    assert head[0].startswith(f"Test fmse **{fmse:.2f}** (composite {comp_fmse:.2f}"), head
+    assert head[1].startswith("Decision: **promoted to champion**") and "vs champion v1" in head[1], head
+    assert ".md" not in card.replace("model_card.md", "")  # no design file outside the repository
+    # No tag that goes stale when another version takes an alias (the page shows the live aliases).
+    assert all("aliases" not in client.get_model_version(name, v).tags for v in ("1", "2", "3"))
+    assert "aliases" not in client.get_run(runs["weak"]).data.tags
     assert card.index("composite (no harmonization)") < card.index(f"| {name} | overall")
 
     # The evaluation run links back to the training run.

@@ -56,3 +56,20 @@ def path_for(full: str) -> str:
     """Where a stage's headline goes: beside its full JSON, in ``headline/`` (``metrics/train.json`` ->
     ``metrics/headline/train.json``), so an overridden output path carries its headline along."""
     return str(Path(full).parent / "headline" / Path(full).name)
+
+
+def drop_stale(eval_summary: str, model_run_id: str) -> bool:
+    """Remove the evaluation headline when it scored another model than the one just trained.
+
+    ``dvc exp run ... train`` commits the workspace as it is: without this the experiment would show the
+    previous model's test numbers as its own. Missing, the experiment shows none, and DVC reruns
+    ``evaluate`` (its output is gone). Returns whether a headline was removed."""
+    head = Path(path_for(eval_summary))
+    try:
+        scored = json.loads(Path(eval_summary).read_text()).get("model_run_id")
+    except (OSError, ValueError):
+        scored = None
+    if not head.is_file() or scored == model_run_id:
+        return False
+    head.unlink()
+    return True

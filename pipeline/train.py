@@ -8,7 +8,8 @@ A local Ray is started unless ``RAY_ADDRESS`` points at a cluster. Rerunning the
 from the last checkpoint under ``<storage.root>/ray/``. Writes ``train.weights_out`` (the generator
 file), ``train.metrics_out`` (final validation metrics, the composite baseline, the MLflow run id) and
 ``train.plots_out`` (one row per epoch), and the headline numbers DVC shows as metrics
-(``metrics/headline/train.json``). The driver prints one progress line per epoch with the ETA.
+(``metrics/headline/train.json``); removes the test headline of the previous model (``evaluate`` has
+not scored this one yet: ``dvc exp run ... train`` shows no test numbers rather than stale ones). The driver prints one progress line per epoch with the ETA.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 
 from components.cli import base_parser, params_from_args, run_cli
 
-PARAMS = ("storage", "prepare.name", "prepare.card", "model", "train")
+PARAMS = ("storage", "prepare.name", "prepare.card", "model", "train", "evaluate.model", "evaluate.summary_out")
 
 log = logging.getLogger("train")
 
@@ -29,6 +30,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from components.training.launch import run
 
     out = run(params)  # also writes the stage files, metrics/headline/train.json among them
+    if params.evaluate.model == params.train.weights_out:  # evaluate scores this file: its numbers are stale
+        from components import headline
+
+        if headline.drop_stale(params.evaluate.summary_out, out["run_id"]):
+            log.info("removed the test headline of the previous model (run evaluate for this one's)")
     print(
         f"trained {out['train_key']} to epoch {out['epochs_done']}: val fMSE {out['val_fmse']:.2f} "
         f"(composite {out['composite']['val_fmse']:.2f}), PSNR {out['val_psnr']:.2f} dB "

@@ -1,7 +1,7 @@
-"""The README's cluster recipe with Ray token auth on, as a real cluster runs it (Ray 2.60's default; the
+"""The cluster recipe (docs/CLUSTER.md) with Ray token auth on, as a real cluster runs it (Ray 2.60's default; the
 other cluster tests run their private 127.0.0.1 cluster with auth off): a head started with
 ``RAY_AUTH_MODE=token``, its token read on the head with ``ray get-auth-token``, and a client shell that
-runs the README's ``export`` line as written, then ``ray job submit``."""
+runs the guide's ``export`` line as written, then ``ray job submit``."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ TOKEN_COMMAND = re.compile(r"\$\((ray exec \S+ 'ray get-auth-token' \| tail -1)\
 
 
 def readme_export_lines() -> list[str]:
-    """The README's ``export ... RAY_AUTH_TOKEN=...`` lines (KubeRay and ``ray up``), each as written."""
-    text = (REPO / "README.md").read_text()
+    """The cluster guide's ``export ... RAY_AUTH_TOKEN=...`` lines (KubeRay and ``ray up``), as written."""
+    text = (REPO / "docs" / "CLUSTER.md").read_text()
     return [m.group(0).strip() for m in re.finditer(r"export [^`\n]*RAY_AUTH_TOKEN=[^`\n]*", text)]
 
 

@@ -117,17 +117,19 @@ def _ports(text: str, command: str) -> set[int]:
     """The ports the ``command`` lines of ``text`` listen on (``-p`` / ``--port``; MLflow's default 5000)."""
     import re
 
+    # a command line (it has options), not prose or a diagram naming the command
     lines = [line[line.index(command):] for line in text.splitlines() if command in line]
+    lines = [line for line in lines if " --" in line.split("#")[0]]
     return {int(m.group(1)) if (m := re.search(r"(?:-p|--port)[ =](\d+)", line)) else 5000 for line in lines}
 
 
 def test_readme_and_pipeline_summary_start_the_ui_and_the_server_on_different_ports():
-    """Following the README (and the summary ``make pipeline`` ends on) literally: ``mlflow ui`` and
+    """Following the README and docs (and the summary ``make pipeline`` ends on) literally: ``mlflow ui`` and
     ``mlflow models serve`` run side by side, so they must not both want one port."""
     from pipeline import summary
     from tests.serve.conftest import REPO
 
-    readme = (REPO / "README.md").read_text()
+    readme = "\n".join(f.read_text() for f in (REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))))
     tail = "\n".join(summary.lines({"run_id": "r"}, {}, {"name": "rainnet", "version": 1, "metric": "fmse",
                                    "value": 1.0, "promoted": True, "reason": "x", "champion_version": 1}))  # fmt: skip
     for text in (readme, tail):

@@ -8,23 +8,12 @@ user runs next (the MLflow UI, harmonize, serving, experiments). Exit 2 when a s
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
 
-from components.cli import UserError, base_parser, params_from_args, run_cli
+from components.cli import base_parser, params_from_args, run_cli
 
 PARAMS = ("train.metrics_out", "evaluate.summary_out", "register")
 UI_PORT, SERVE_PORT = 5000, 5001  # distinct: `mlflow ui` and `mlflow models serve` run side by side
-
-
-def _read(path: str, stage: str) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found (the {stage} stage has not run: dvc repro)") from None
-    except ValueError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
 
 
 def lines(train: dict, evaluation: dict, registered: dict) -> list[str]:
@@ -54,9 +43,11 @@ def lines(train: dict, evaluation: dict, registered: dict) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = base_parser(__doc__, "python -m pipeline.summary", PARAMS).parse_args(argv)
     params = params_from_args(args)
-    train = _read(params.train.metrics_out, "train")
-    evaluation = _read(params.evaluate.summary_out, "evaluate")
-    registered = _read(params.register.out, "register")
+    from components.registration import _read_json  # the stages' JSON, with the same clear errors
+
+    train = _read_json(params.train.metrics_out, "training summary")
+    evaluation = _read_json(params.evaluate.summary_out, "evaluation summary")
+    registered = _read_json(params.register.out, "registration result")
     print("\n".join(lines(train, evaluation, registered)))
     return 0
 

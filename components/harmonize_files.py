@@ -164,7 +164,7 @@ def harmonize_folder(
     written = 0
     with tqdm(total=len(pairs), desc="harmonize", unit="img") as bar:
         for group in _groups(harmonizer, pairs, store, skipped, bar):
-            for (comp, _), (out, _) in zip(group, harmonizer.finish([p for _, p in group]), strict=True):
+            for ((comp, _), _), (out, _) in zip(group, harmonizer.finish([p for _, p in group]), strict=True):
                 target = storage.join(output, _stem(comp) + ".png")
                 store.write_bytes(target, encode_image(out, target))
                 written += 1

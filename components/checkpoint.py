@@ -14,6 +14,7 @@ import logging
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,8 @@ def _mlflow_local_file(uri: str) -> str:
     if os.path.isfile(local):
         return local
     for candidate in (
-        Path(local, "artifacts", MLFLOW_ARTIFACT),
+        Path(local, "data", MLFLOW_ARTIFACT),  # the model's data (components.pyfunc_loader)
+        Path(local, "artifacts", MLFLOW_ARTIFACT),  # models logged from code before it
         Path(local, MLFLOW_ARTIFACT),
     ):
         if candidate.is_file():
@@ -94,40 +96,94 @@ def _mlflow_local_file(uri: str) -> str:
     raise CheckpointError(f"{uri}: no {MLFLOW_ARTIFACT} inside the downloaded MLflow model at {local}")
 
 
-def recorded_sha256(uri: str) -> str | None:
-    """The generator sha256 the tracking store recorded for a ``runs:/`` or ``models:/`` URI: the
-    registered version's tag (else its run's), or the run's tag; None when nothing was recorded."""
+@dataclass(frozen=True)
+class ModelRecord:
+    """What the tracking store (never the artifact store) says about a ``runs:/`` or ``models:/`` model:
+    the training run it comes from and the generator file's sha256 recorded when it was logged."""
+
+    run_id: str | None
+    sha256: str | None
+    where: str  # what was consulted, for messages: "run <id>", "logged model m-...", "rainnet v3"
+
+
+def _logged_model_hash(client, model_id: str | None) -> tuple[str | None, str | None]:
+    """(source run id, hash tag) of a logged model (``m-...``); Nones when it has neither."""
+    if not model_id:
+        return None, None
+    lm = client.get_logged_model(model_id)
+    return lm.source_run_id, (lm.tags or {}).get(HASH_TAG)
+
+
+def _run_hash(client, run_id: str | None) -> str | None:
+    return client.get_run(run_id).data.tags.get(HASH_TAG) if run_id else None
+
+
+def model_record(uri: str) -> ModelRecord:
+    """The tracking store's record of every MLflow model URI form: ``runs:/<id>/model``,
+    ``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``models:/<name>[/latest]`` and
+    ``models:/m-<id>`` (a logged model, the source a registered version points to). A registered
+    version's own tag comes first (it keeps the hash of its file whatever the run logs later), then
+    its logged model's, then its run's."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient()
     try:
         if uri.startswith("runs:/"):
-            return client.get_run(uri[len("runs:/") :].split("/", 1)[0]).data.tags.get(HASH_TAG)
-        ref = uri[len("models:/") :].split("/")
+            run_id = uri[len("runs:/") :].split("/", 1)[0]
+            return ModelRecord(run_id, _run_hash(client, run_id), f"run {run_id}")
+        ref = uri[len("models:/") :].strip("/").split("/")
+        if ref[0].startswith("m-") and len(ref) == 1:
+            run_id, digest = _logged_model_hash(client, ref[0])
+            return ModelRecord(run_id, digest or _run_hash(client, run_id), f"logged model {ref[0]}")
         if "@" in ref[0]:
             name, alias = ref[0].split("@", 1)
             mv = client.get_model_version_by_alias(name, alias)
         elif len(ref) > 1 and ref[1].isdigit():
             mv = client.get_model_version(ref[0], ref[1])
+        elif len(ref) == 1 or ref[1] == "latest":
+            found = client.search_model_versions(f"name = '{ref[0]}'")
+            if not found:
+                raise CheckpointError(f"{uri}: no registered model {ref[0]!r} with a version")
+            mv = max(found, key=lambda v: int(v.version))
         else:
-            return None  # a logged-model id (models:/m-...) or latest: no registry record to check
-        return mv.tags.get(HASH_TAG) or client.get_run(mv.run_id).data.tags.get(HASH_TAG)
+            raise CheckpointError(f"{uri}: not a model URI this project can check (models:/<name>@<alias>, "
+                                  "models:/<name>/<version>, models:/m-<id> or runs:/<id>/model)")  # fmt: skip
+        run_id, digest = _logged_model_hash(client, getattr(mv, "model_id", None))
+        digest = mv.tags.get(HASH_TAG) or digest or _run_hash(client, mv.run_id)
+        return ModelRecord(mv.run_id or run_id, digest, f"{mv.name} v{mv.version}")
     except MlflowException as exc:
         raise CheckpointError(f"{uri}: cannot read its record from MLflow: {exc}") from exc
 
 
-def _verified_mlflow_bytes(uri: str) -> bytes:
-    """The generator file of an MLflow model, checked against the hash the tracking store recorded."""
-    data = Path(_mlflow_local_file(uri)).read_bytes()
-    expected = recorded_sha256(uri)
-    if expected is None:
-        log.warning("%s: no %s recorded in MLflow (logged before hashes); loading it unverified", uri, HASH_TAG)
-    elif sha256_hex(data) != expected:
+def recorded_sha256(uri: str) -> str:
+    """The generator sha256 the tracking store recorded for a ``runs:/`` or ``models:/`` URI;
+    ``CheckpointError`` when it recorded none: an unverifiable file is never loaded."""
+    record = model_record(uri)
+    if not record.sha256:
         raise CheckpointError(
-            f"{uri}: the generator file in the artifact store (sha256 {sha256_hex(data)[:12]}...) is not "
+            f"{uri}: the tracking store has no {HASH_TAG} for {record.where}, so the generator file in "
+            "the artifact store cannot be checked; refusing to load it (log the model again with "
+            "components.mlflow_model.log_generator_model)"
+        )
+    return record.sha256
+
+
+def check_file_hash(data: bytes, expected: str, uri: str) -> None:
+    """``CheckpointError`` unless ``data`` hashes to ``expected`` (the tracking store's record)."""
+    got = sha256_hex(data)
+    if got != expected:
+        raise CheckpointError(
+            f"{uri}: the generator file in the artifact store (sha256 {got[:12]}...) is not "
             f"the one recorded in MLflow ({expected[:12]}...); refusing to load it"
         )
+
+
+def _verified_mlflow_bytes(uri: str) -> bytes:
+    """The generator file of an MLflow model, checked against the hash the tracking store recorded."""
+    expected = recorded_sha256(uri)  # first: an unknown model is not even downloaded
+    data = Path(_mlflow_local_file(uri)).read_bytes()
+    check_file_hash(data, expected, uri)
     return data
 
 
@@ -143,6 +199,11 @@ def read_payload(uri: str, map_location: str | torch.device = "cpu", store: Stor
         raise
     except (FileNotFoundError, OSError) as exc:
         raise CheckpointError(f"{uri}: cannot read the generator file: {exc}") from exc
+    return parse_payload(data, uri, map_location)
+
+
+def parse_payload(data: bytes, uri: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The file's dict from its bytes (``weights_only``: tensors and plain types, no code)."""
     try:
         payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:

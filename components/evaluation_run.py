@@ -23,23 +23,34 @@ from components.storage import Store
 log = logging.getLogger("evaluate")
 
 
-def model_run_id(uri: str, info: dict) -> str | None:
-    """The training run behind a model: from ``runs:/<id>/...``, a registry alias/version, or the file's meta."""
-    if uri.startswith("runs:/"):
-        return uri[len("runs:/") :].split("/", 1)[0]
-    if uri.startswith("models:/"):
-        from mlflow import MlflowClient
+def model_run_id(uri: str, info: dict, store: Store | None = None) -> str | None:
+    """The training run behind a model, from the tracking store only: the run a ``runs:/`` or
+    ``models:/`` URI resolves to (its file was checked against that run's record when it loaded). A
+    file's own ``meta.run_id`` is only a claim: it is taken when that run recorded this very file's
+    sha256, else the evaluation is not carried to any training run."""
+    from components.checkpoint import CheckpointError, model_record, sha256_hex
 
-        name, _, ref = uri[len("models:/") :].partition("/")[0].partition("@")
-        client = MlflowClient()
+    if uri.startswith(("runs:/", "models:/")):
         try:
-            if ref:
-                return client.get_model_version_by_alias(name, ref).run_id
-            name, version = uri[len("models:/") :].split("/")[:2]
-            return client.get_model_version(name, version).run_id
-        except Exception:  # noqa: BLE001 - fall back on the file's own record
-            pass
-    return (info.get("meta") or {}).get("run_id")
+            return model_record(uri).run_id
+        except CheckpointError as exc:
+            log.warning("%s: no training run found for it: %s", uri, exc)
+            return None
+    claimed = (info.get("meta") or {}).get("run_id")
+    if not claimed:
+        return None
+    try:
+        recorded = model_record(f"runs:/{claimed}/model").sha256
+        actual = sha256_hex((store or Store()).read_bytes(uri))
+    except (CheckpointError, OSError) as exc:
+        log.warning("%s names training run %s, which cannot be checked (%s); not linking to it", uri, claimed, exc)
+        return None
+    if recorded != actual:
+        log.warning(
+            "%s names training run %s, but that run logged another generator file; not linking to it", uri, claimed
+        )
+        return None
+    return claimed
 
 
 def model_label(spec: dict) -> str:
@@ -99,7 +110,7 @@ def run(params) -> dict:
 
     spec = dict(info["spec"])
     meta = dict(info.get("meta") or {})
-    train_run = model_run_id(cfg.model, info)
+    train_run = model_run_id(cfg.model, info, store)
     name = cfg.run_name or "eval-" + tracking.run_name(spec, data_name)
     flat = metrics.flatten_summary(tables["harmonized"], "test")
     flat.update(metrics.flatten_summary(tables["composite"], "composite", groups=False))

@@ -3,16 +3,15 @@
 ``predict({"composite": uint8 (N, H, W, 3), "mask": uint8 (N, H, W)}) -> uint8 (N, H, W, 3)``: what a user
 of ``mlflow.pyfunc.load_model("runs:/<id>/model")`` or ``models:/rainnet@champion`` needs, with no
 knowledge of tensors, value ranges or padding. The generator file (``components.checkpoint``) is the
-model's one artifact; the ``components`` package travels along as code, so the model loads anywhere
-the pip requirements are installed.
+model's one stored file (its ``data``).
 
-Logged as a model *from code* (``components/pyfunc_entry.py``): no pickled Python object is stored, so
-writing to the artifact store is not a way to smuggle a pickle into the loader. The generator file's
-sha256 is recorded at log time (the model's ``model_config``, and the run tag ``generator_sha256`` in
-the tracking store, which ``register`` copies onto the version); ``load_context`` and
-``components.checkpoint`` (``runs:/`` and ``models:/`` URIs) check it before ``torch.load``
-(``weights_only=True``).
-"""
+Nothing stored is code: the model names this module as its ``loader_module``, which MLflow imports from
+the environment (the installed ``harmonize-pipeline``, as in ``infra/Dockerfile``), so write access to the
+artifact store is not a way to run code in the loader (no pickle, no ``code_paths``). The generator
+file's sha256 is recorded in the tracking store only (the run tag and the logged model's tag
+``generator_sha256``, copied onto the registered version by ``register``); ``_load_pyfunc`` and
+``components.checkpoint`` (every ``runs:/`` and ``models:/`` form) check the file against it before
+``torch.load(weights_only=True)``, and refuse a file nothing recorded."""
 
 from __future__ import annotations
 
@@ -28,22 +27,18 @@ from components.checkpoint import HASH_TAG, MLFLOW_ARTIFACT
 if TYPE_CHECKING:
     from components.predictor import Predictor
 
-ARTIFACT_KEY = "generator"
-HASH_KEY = HASH_TAG  # model_config key, run tag and registered-version tag
-ENTRY_FILE = Path(__file__).resolve().with_name("pyfunc_entry.py")
+HASH_KEY = HASH_TAG  # run tag, logged-model tag and registered-version tag (tracking store only)
 MODEL_NAME = "model"  # artifact path / logged-model name inside the training run
 
 
-class _Harmonize:
-    """``predict``, kept off ``GeneratorModel`` itself: MLflow 3 inspects the ``predict`` a PythonModel
-    subclass defines for a type hint to validate inputs against and, finding none, warns on every log and
-    load. This model's input, a dict of uint8 arrays, is one MLflow's type hints cannot express (they take
-    lists, DataFrames and pydantic models); the tensor signature (``signature()``) says it instead."""
+class GeneratorModel:
+    """The pyfunc's model: the same ``Predictor`` as ``harmonize`` and ``evaluate``, each image at its
+    native size. A plain class: MLflow wraps what ``_load_pyfunc`` returns and calls its ``predict``."""
 
-    predictor: Predictor
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
 
-    def predict(self, context, model_input, params=None):
-        """The same ``Predictor`` as ``harmonize`` and ``evaluate``: each image at its native size."""
+    def predict(self, model_input, params=None):
         from components import serving_io  # the input contract, shared with the served model's clients
 
         composite, mask = serving_io.parse_input(model_input)
@@ -51,19 +46,52 @@ class _Harmonize:
         return serving_io.format_output(images, compact=serving_io.is_compact(model_input))
 
 
-class GeneratorModel(_Harmonize, mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper: loads the generator file from the model's artifacts, harmonizes uint8 arrays."""
+def _find_mlmodel(path: Path) -> Path | None:
+    for d in (path.parent, *path.parents[1:3]):
+        if (d / "MLmodel").is_file():
+            return d / "MLmodel"
+    return None
 
-    def load_context(self, context):
-        from components.checkpoint import CheckpointError, file_sha256
-        from components.predictor import Predictor
 
-        path = context.artifacts[ARTIFACT_KEY]
-        expected = (context.model_config or {}).get(HASH_KEY)
-        if expected and file_sha256(path) != expected:
-            raise CheckpointError(f"{path}: sha256 does not match the {expected[:12]}... recorded when the "
-                                  "model was logged; refusing to load it")  # fmt: skip
-        self.predictor = Predictor.from_uri(path)
+def _recorded_for(mlmodel: Path | None, where: str) -> str:
+    """The hash the tracking store recorded for the model whose MLmodel this is. The MLmodel only names
+    the model (its ids); the hash itself never comes from the artifact store."""
+    from mlflow.models import Model
+
+    from components.checkpoint import CheckpointError, model_record, recorded_sha256
+
+    meta = Model.load(str(mlmodel)) if mlmodel else None
+    model_id, run_id = getattr(meta, "model_id", None), getattr(meta, "run_id", None)
+    if not (model_id or run_id):
+        raise CheckpointError(f"{where}: not an MLflow model logged to a tracking store (no run or model id); "
+                              "refusing to load an unverifiable generator")  # fmt: skip
+    if model_id:
+        uri = f"models:/{model_id}"
+        source_run = model_record(uri).run_id
+        if run_id and source_run and source_run != run_id:
+            raise CheckpointError(f"{where}: the MLmodel names run {run_id} but logged model {model_id} comes "
+                                  f"from run {source_run}; refusing to load it")  # fmt: skip
+    else:
+        uri = f"runs:/{run_id}/{MODEL_NAME}"
+    return recorded_sha256(uri)
+
+
+def _load_pyfunc(data_path: str, model_config=None) -> GeneratorModel:
+    """MLflow's entry point (``loader_module``): the generator file checked against the tracking store,
+    then loaded with ``weights_only``."""
+    from components.checkpoint import check_file_hash, model_from_payload, parse_payload
+    from components.predictor import Predictor
+
+    path = Path(data_path)
+    if path.is_dir():
+        path = path / MLFLOW_ARTIFACT
+    expected = _recorded_for(_find_mlmodel(path), str(path))
+    data = path.read_bytes()
+    check_file_hash(data, expected, str(path))
+    payload = parse_payload(data, str(path))
+    model = model_from_payload(payload, str(path))
+    info = {k: v for k, v in payload.items() if k != "state_dict"}
+    return GeneratorModel(Predictor(model, int(payload["image_size"]), info=info))
 
 
 def signature():
@@ -110,7 +138,6 @@ def log_generator_model(
     Loadable afterwards as ``runs:/<run_id>/model``. Requirements are pinned explicitly so MLflow does
     not have to load the model in a subprocess to guess them.
     """
-    components_dir = Path(__file__).resolve().parent
     generator_file = Path(generator_file)
     if generator_file.name != MLFLOW_ARTIFACT:
         raise ValueError(f"{generator_file}: the generator artifact must be named {MLFLOW_ARTIFACT}")
@@ -119,20 +146,23 @@ def log_generator_model(
     digest = file_sha256(generator_file)
     kwargs = dict(
         name=name,
-        python_model=str(ENTRY_FILE),
-        model_config={HASH_KEY: digest},
-        artifacts={ARTIFACT_KEY: str(generator_file)},
-        code_paths=[str(components_dir)],
+        loader_module=__name__,  # imported from the environment at load time: no code is stored
+        data_path=str(generator_file),
         signature=signature(),
         input_example=input_example(image_size),
         pip_requirements=pip_requirements(),
         registered_model_name=registered_model_name,
     )
+    client = mlflow.MlflowClient()
     active = mlflow.active_run()
-    if run_id is None or (active is not None and active.info.run_id == run_id):
+    target = run_id or (active.info.run_id if active else None)
+    if target is None:
+        raise ValueError("log_generator_model: no run_id and no active MLflow run")
+    client.set_tag(target, HASH_KEY, digest)  # in the tracking store, before MLflow validates the example
+    if active is not None and active.info.run_id == target:
         info = mlflow.pyfunc.log_model(**kwargs)
     else:
-        with mlflow.start_run(run_id=run_id):
+        with mlflow.start_run(run_id=target):
             info = mlflow.pyfunc.log_model(**kwargs)
-    mlflow.MlflowClient().set_tag(info.run_id, HASH_KEY, digest)  # in the tracking store, not the artifacts
+    client.set_logged_model_tags(info.model_id, {HASH_KEY: digest})  # this logged model's own record
     return info

@@ -18,7 +18,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from components import metrics
-from components.checkpoint import HASH_TAG, CheckpointError, nonfinite_keys, read_payload
+from components.checkpoint import HASH_TAG, CheckpointError, model_record, nonfinite_keys, read_payload
 from components.cli import UserError
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,10 @@ def register_run_model(client: MlflowClient, name: str, run_id: str, artifact_pa
     # the client call, not mlflow.register_model: the same version (source, run, logged model), without
     # the fluent API's "Registered model ... already exists" / "Created version" lines on stderr
     mv = client.create_model_version(name, f"models:/{model_id}", run_id=run_id, model_id=model_id)
-    digest = client.get_run(run_id).data.tags.get(HASH_TAG)
-    if digest:  # the version keeps the hash of its own file, whatever the run logs later
+    # The version keeps the hash of its own file (its logged model's record, else its run's), whatever
+    # the run logs later.
+    digest = model_record(f"models:/{name}/{mv.version}").sha256
+    if digest:
         client.set_model_version_tag(name, mv.version, HASH_TAG, digest)
     return client.get_model_version(name, mv.version), True
 

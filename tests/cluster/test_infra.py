@@ -128,7 +128,9 @@ def test_compose_mlflow_is_postgres_backed_proxies_s3_artifacts_and_requires_log
     compose = yaml.safe_load((INFRA / "mlflow" / "compose.yaml").read_text())
     services = compose["services"]
     mlflow = " ".join(services["mlflow"]["command"])
-    assert "--backend-store-uri \"postgresql+psycopg2://" in mlflow
+    assert "--backend-store-uri \"postgresql+psycopg2://mlflow@postgres" in mlflow
+    # no password on the command line (the process list) or in the auth file: libpq reads PGPASSWORD
+    assert "PASSWORD" not in mlflow and services["mlflow"]["environment"]["PGPASSWORD"] == "${POSTGRES_PASSWORD}"
     assert "--artifacts-destination \"s3://" in mlflow and "--serve-artifacts" in mlflow
     assert "--app-name basic-auth" in mlflow
     assert "create-bucket" in services["mlflow"]["depends_on"]

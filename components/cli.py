@@ -98,11 +98,15 @@ def quiet_startup_logs() -> None:
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
     """Run a stage's ``main``; user errors become one clear line on stderr and exit status 2."""
+    from components import credentials
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    credentials.install_redaction()  # no URL user info in any line this process logs
     quiet_startup_logs()
+    credentials.split_tracking_credentials()  # before MLflow or a local Ray sees the URI
     try:
         code = main(argv)
     except (ConfigError, UserError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {credentials.redact(str(exc))}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)

@@ -67,6 +67,9 @@ def project_root(start: str | Path | None = None) -> Path:
 
 def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<project root>/mlruns.db``; sqlite paths made absolute."""
+    from components.credentials import split_tracking_credentials
+
+    split_tracking_credentials()  # user:password@ into MLflow's basic-auth variables, out of every URL
     env = os.environ.get(ENV_VAR, "").strip()
     if not env:
         return f"sqlite:///{project_root() / DB_NAME}"
@@ -82,7 +85,9 @@ def configure(uri: str | None = None, export_env: bool = True) -> str:
     changes (not ``MLFLOW_REGISTRY_URI``, which MLflow's own setters would export).
     """
     global _configured
-    uri = uri or tracking_uri()
+    from components.credentials import strip_credentials
+
+    uri = strip_credentials(uri or tracking_uri())  # printed by MLflow ("View run at"), sent to workers
     db = _sqlite_path(uri)
     if db is not None:  # absolute, so workers and subfolders open the same file
         uri = f"sqlite:///{db}"

@@ -40,7 +40,13 @@ from components.models import losses
 from components.storage import Store
 from components.training import engine, ingest, quiet, remote
 from components.training.loop import FAULT_ENV, STATE_FILE, newest_state, train_loop_per_worker
-from components.training.mlflow_logging import find_or_create_run, training_dataset
+from components.training.mlflow_logging import (
+    RETRY_ENV,
+    find_or_create_run,
+    retry_env,
+    tracking_errors,
+    training_dataset,
+)
 from components.training.preflight import check_cluster_gpus, check_local_gpus
 
 log = logging.getLogger(__name__)
@@ -58,7 +64,7 @@ RESUMABLE_KEYS = {
 FORWARD_ENV = (
     "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
     "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_S3_ENDPOINT_URL",
-    "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL",
+    "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", *RETRY_ENV,
 )  # fmt: skip
 FORWARD_ENV_PREFIXES = ("HARMONIZE_",)  # the project's own switches (fault drills, photo index)
 # Never forwarded, whatever the lists above say: names that hold credentials.
@@ -185,12 +191,19 @@ def start_local_ray(**init_kwargs) -> str:
 
 
 def forwarded_env() -> dict[str, str]:
-    """The allow-listed, non-secret variables of this process for the workers' runtime env."""
-    return {
+    """The allow-listed, non-secret variables of this process for the workers' runtime env; a value
+    that is a URL with user info is refused (``UserError``): the allow-list filters names, this
+    filters values."""
+    from components.credentials import check_no_userinfo, split_tracking_credentials
+
+    split_tracking_credentials()
+    env = {
         k: v
         for k, v in os.environ.items()
         if (k in FORWARD_ENV or k.startswith(FORWARD_ENV_PREFIXES)) and not SECRET_NAME.search(k)
     }
+    check_no_userinfo(env)
+    return env
 
 
 def scaling_config(t):
@@ -230,7 +243,9 @@ def make_trainer(
             storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoints_to_keep),
-            worker_runtime_env={"env_vars": {**quiet.worker_env(), **forwarded_env(), **(worker_env or {})}},
+            worker_runtime_env={
+                "env_vars": {**quiet.worker_env(), **retry_env(), **forwarded_env(), **(worker_env or {})}
+            },
             callbacks=list(callbacks or []),
             logging_config=quiet.train_logging(),  # Ray Train's per-report INFO lines off the console
         ),
@@ -375,8 +390,11 @@ def training_failed(key: str, run_id: str, prior_status: str, exc: Exception) ->
     reason = next(
         (ln.strip() for ln in str(exc).splitlines() if "not finite" in ln or "non-finite" in ln), ""
     )
-    client.set_tag(run_id, "last_attempt_error", (reason or str(exc).strip().splitlines()[-1])[:500])
-    client.set_terminated(run_id, status="FINISHED" if prior_status == "FINISHED" else "FAILED")
+    try:
+        client.set_tag(run_id, "last_attempt_error", (reason or str(exc).strip().splitlines()[-1])[:500])
+        client.set_terminated(run_id, status="FINISHED" if prior_status == "FINISHED" else "FAILED")
+    except tracking_errors() as tracking_exc:  # the training's own error is the one to report
+        log.error("MLflow run %s not marked failed: %s", run_id, str(tracking_exc).splitlines()[0][:200])
     if reason:
         return UserError(f"training {key} stopped: {reason.split('Error: ', 1)[-1]}")
     return RuntimeError(f"training {key} failed (rerun the same command to resume): {exc}")
@@ -443,6 +461,7 @@ def train(
     from ray.train import TrainingFailedError
 
     inputs = inputs or check_inputs(params)
+    os.environ.update(retry_env())  # the driver's MLflow calls: a bounded retry budget too
     t = params.train
     store, train_uris, val_uris = inputs.store, inputs.train_uris, inputs.val_uris
     image_size, gen_spec = inputs.image_size, inputs.gen_spec
@@ -601,12 +620,21 @@ def run(params: Params) -> dict[str, Any]:
     remote.check_shared(params.storage.root)  # a job's runs must land where they are kept
     inputs = check_inputs(params)  # before Ray starts: a missing dataset or a bad spec fails in a second
     check_local_gpus(params.train)
+    forwarded_env()  # a URL with credentials in it is refused before Ray starts
     quiet.driver(local_ray=not os.environ.get("RAY_ADDRESS"))
+    os.environ.update(retry_env())  # before a local Ray starts: its workers inherit the budget
     init_ray(params)
     check_cluster_gpus(params.train)  # before the MLflow run exists: none is left RUNNING
     ingest.check_cpus(params.train)  # train.reader=ray_data: a CPU beside the workers
     res = train(params, inputs=inputs)
-    out = write_outputs(params, res, inputs.store, inputs.val_uris)
+    try:
+        out = write_outputs(params, res, inputs.store, inputs.val_uris)
+    except tracking_errors() as exc:
+        raise UserError(
+            f"training {res.train_key} is done and checkpointed under {res.checkpoint}, but MLflow at "
+            f"{tracking.tracking_uri()} does not answer ({str(exc).splitlines()[0][:200]}): the model is "
+            "not logged. Rerun the same command once MLflow answers: the training is not repeated"
+        ) from None
     if os.environ.get(FAULT_ENV):
         log.warning("%s is set: fault injection was active", FAULT_ENV)
     return out

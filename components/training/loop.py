@@ -11,6 +11,12 @@ after epoch N is reported, but only in a worker group that started without a che
 restarted (or rerun) training goes through. ``HARMONIZE_PAUSE_AFTER_EPOCH=N`` (same condition) makes them
 wait there until they are stopped: a drill that then kills a node or the driver finds the training
 still running however fast the epochs go, and the restarted (or rerun) training goes through.
+``HARMONIZE_GATE_DIR=<folder>`` makes rank 0, after each epoch is checkpointed and logged (or kept for
+a tracker that does not answer), write ``<folder>/epoch_N.done`` and wait for ``<folder>/epoch_N.go``: a
+drill (a tracking server stopped and started again) acts between two epochs, whatever their speed.
+
+Each epoch is checkpointed first, then logged: a tracking outage can delay the log, never the
+checkpoint (``mlflow_logging``). A resume logs the epochs its checkpoint holds that the run lacks.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ STATE_FILE = "state.pt"
 NONFINITE_METRIC = "nonfinite_steps"  # MLflow: steps skipped so far because a loss was NaN / Inf
 FAULT_ENV = "HARMONIZE_FAULT_AFTER_EPOCH"
 PAUSE_ENV = "HARMONIZE_PAUSE_AFTER_EPOCH"
+GATE_ENV = "HARMONIZE_GATE_DIR"
 
 
 def checkpoint_dir_name(epoch: int, taken: set[str] | frozenset = frozenset()) -> str:
@@ -159,6 +166,22 @@ def epoch_artifacts(epoch: int, samples, history: list[dict], baseline: dict) ->
     return out
 
 
+def epoch_values(row: dict) -> dict[str, float]:
+    """An epoch's history row as MLflow metrics: ``val_*`` beside ``val_composite_*``, lr, throughput."""
+    values = {k: v for k, v in row.items() if k not in ("epoch", "step")}
+    return {("val_" + k if k.startswith("composite_") else k): v for k, v in values.items()}
+
+
+def gate(epoch: int) -> None:
+    """``HARMONIZE_GATE_DIR`` (module doc): say the epoch is done, wait to be let on."""
+    folder = os.environ.get(GATE_ENV)
+    if not folder:
+        return
+    Path(folder, f"epoch_{epoch}.done").touch()
+    while not Path(folder, f"epoch_{epoch}.go").exists():
+        time.sleep(0.2)
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point; ``config`` is built by ``launch.trainer_config``."""
     import ray.train
@@ -191,6 +214,8 @@ def train_loop_per_worker(config: dict) -> None:
     fault_after = int(os.environ.get(FAULT_ENV, "0") or 0)
     pause_after = int(os.environ.get(PAUSE_ENV, "0") or 0)
     logger = RankZeroLogger(config["tracking_uri"], config["run_id"], enabled=rank == 0)
+    for row in state.history:  # epochs checkpointed but not logged (a tracker away when they ended)
+        logger.log_epoch(row["epoch"], epoch_values(row))
     progress = Progress(state.epoch + 1, total_epochs, steps, enabled=rank == 0)  # lines on the driver
     status = "FAILED"
     try:
@@ -239,13 +264,13 @@ def train_loop_per_worker(config: dict) -> None:
             progress.end_epoch(row)
             engine.track_best(state, row["val_fmse"])
 
+            check_weights(state)
+            # the checkpoint first: it never waits on MLflow
+            report_checkpoint(state, row, rank, checkpoint_dir_name(epoch, taken), device)
             if rank == 0:
                 baseline = {k: row[f"composite_{k[4:]}"] for k in ("val_psnr", "val_fmse")}
-                to_log = {k: v for k, v in row.items() if k not in ("epoch", "step")}
-                to_log = {("val_" + k if k.startswith("composite_") else k): v for k, v in to_log.items()}
-                logger.log_epoch(epoch, to_log, epoch_artifacts(epoch, samples, state.history, baseline))
-            check_weights(state)
-            report_checkpoint(state, row, rank, checkpoint_dir_name(epoch, taken), device)
+                logger.log_epoch(epoch, epoch_values(row), epoch_artifacts(epoch, samples, state.history, baseline))
+                gate(epoch)
             if fault_after == epoch and not resumed:
                 raise RuntimeError(f"{FAULT_ENV}={fault_after}: injected failure after epoch {epoch}")
             if pause_after == epoch and not resumed:
@@ -256,4 +281,4 @@ def train_loop_per_worker(config: dict) -> None:
                     time.sleep(1)
         status = "FINISHED"
     finally:
-        logger.close(status)
+        logger.close(status, config["checkpoint_root"])

@@ -117,6 +117,9 @@ def parse_input(model_input: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
     if mask.shape != composite.shape[:3]:
         raise ValueError(f"mask: expected shape {composite.shape[:3]} to match the composite, got {mask.shape}")
     for name, a in (("composite", composite), ("mask", mask)):
+        if a.dtype.kind not in "uib":  # 0..1 floats cast to uint8 would be a black image, not an error
+            raise ValueError(f"{name}: expected integer pixel values 0..255 (uint8), got {a.dtype} values; "
+                             "send the image's 8-bit values, not floats scaled to 0..1")  # fmt: skip
         if a.dtype != np.uint8 and a.size and (a.min() < 0 or a.max() > 255):
             raise ValueError(f"{name}: values must lie in 0..255, got {a.min()}..{a.max()}")
     return list(composite.astype(np.uint8)), list(mask.astype(np.uint8))

@@ -188,7 +188,7 @@ class AblateConfig:
     asha_reduction_factor: int = 2
     csv_out: str = "reports/ablation.csv"
     md_out: str = "reports/ablation.md"
-    figures_prefix: str = "reports/ablation-"  # <prefix>type-I.png, type-II.png, type-III.png, families.png
+    figure_out: str = "reports/ablation.png"  # one panel per kind of variant the sweep ran
 
 
 @dataclass

@@ -7,7 +7,7 @@
 Each distinct network is one Tune trial that trains with the ``train`` section (same data, epochs and
 seed); a local Ray is started unless ``RAY_ADDRESS`` points at a cluster. MLflow: one parent run per
 sweep in ``ablate.experiment`` with a nested child run per trial. Writes ``ablate.csv_out``,
-``ablate.md_out`` and ``<ablate.figures_prefix>{type-I,type-II,type-III,families}.png``. Rerunning
+``ablate.md_out`` and ``ablate.figure_out``. Rerunning
 the same command skips finished variants and resumes the others.
 """
 

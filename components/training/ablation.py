@@ -77,7 +77,6 @@ PLACEMENT_TYPES = {
     "all-rain": "-",
 }
 REFERENCES = ("baseline", "all-rain")  # drawn in every type figure
-FIGURES = ("type-I", "type-II", "type-III", "families")
 METRICS = ("val_psnr", "val_mse", "val_fmse")
 CSV_COLUMNS = (
     "variant", "family", "placement", "placement_string", "effective_placement", "head", "type",
@@ -428,37 +427,34 @@ def markdown(rows: list[dict], info: dict, composite: dict | None) -> str:
     return "\n".join(lines)
 
 
-def figure(title: str, curves_by_variant: dict[str, list[dict]], references: dict[str, list[dict]]) -> bytes:
-    """PSNR against epoch, one line per variant (the supplementary's Fig. 2-4), references dashed."""
+def figure(panels: list[tuple[str, dict[str, list[dict]], dict[str, list[dict]]]]) -> bytes:
+    """PSNR against epoch (the supplementary's Fig. 2-4), one panel per ``(title, curves, references)``:
+    a line per variant, references dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for name, hist in curves_by_variant.items():
-        if hist:
-            ax.plot([r["epoch"] for r in hist], [r["val_psnr"] for r in hist], marker="o", ms=3, label=name)
-    for name, hist in references.items():
-        if hist and name not in curves_by_variant:
-            ax.plot(
-                [r["epoch"] for r in hist],
-                [r["val_psnr"] for r in hist],
-                ls="--",
-                marker="x",
-                ms=4,
-                label=name,
-            )
-    if not any(curves_by_variant.values()):
-        ax.text(
-            0.5, 0.5, "no finished variant of this kind in the sweep", ha="center", transform=ax.transAxes
-        )
-    ax.set_title(title)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation PSNR (dB)")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.2), squeeze=False)
+    for ax, (title, curves_by_variant, references) in zip(axes[0], panels, strict=True):
+        for name, hist in curves_by_variant.items():
+            if hist:
+                ax.plot([r["epoch"] for r in hist], [r["val_psnr"] for r in hist], marker="o", ms=3, label=name)
+        for name, hist in references.items():
+            if hist and name not in curves_by_variant:
+                ax.plot(
+                    [r["epoch"] for r in hist], [r["val_psnr"] for r in hist], ls="--", marker="x", ms=4, label=name
+                )
+        if not any(curves_by_variant.values()) and not any(references.values()):
+            ax.text(0.5, 0.5, "no variant of this kind finished an epoch", ha="center", transform=ax.transAxes)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("validation PSNR (dB)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -471,20 +467,31 @@ def _label(v: Variant) -> str:
     return v.id + (f" (= {', '.join(others)})" if others else "")
 
 
-def figures(variants: list[Variant], histories: dict[str, list[dict]]) -> dict[str, bytes]:
-    """``{"type-I": png, "type-II": ..., "type-III": ..., "families": ...}``: always all four."""
+def figure_panels(variants: list[Variant], histories: dict[str, list[dict]]) -> list[tuple]:
+    """The panels of the sweep's figure: one per kind the sweep has a variant of (placement types I, II,
+    III with baseline and all-RAIN dashed in each; DIH vs DIH + RAIN), so a sweep of three placements
+    draws one panel, not three empty ones. A sweep of the references alone draws them in one panel."""
     refs = {
         _label(v): histories.get(v.id, [])
         for v in variants
         if v.family == "rainnet" and v.placement in REFERENCES
     }
-    out = {}
+    panels = []
     for t in ("I", "II", "III"):
         chosen = {_label(v): histories.get(v.id, []) for v in variants if v.type == t}
-        out[f"type-{t}"] = figure(f"Type {t} placements: validation PSNR", chosen, refs)
+        if chosen:
+            panels.append((f"Type {t} placements: validation PSNR", chosen, refs))
     fam = {_label(v): histories.get(v.id, []) for v in variants if v.family != "rainnet"}
-    out["families"] = figure("DIH vs DIH + RAIN: validation PSNR", fam, {})
-    return out
+    if fam:
+        panels.append(("DIH vs DIH + RAIN: validation PSNR", fam, {}))
+    if not panels:
+        panels.append(("RainNet: validation PSNR", refs, {}))
+    return panels
+
+
+def figures(variants: list[Variant], histories: dict[str, list[dict]]) -> bytes:
+    """The sweep's one figure (PNG): a panel per kind of variant it ran."""
+    return figure(figure_panels(variants, histories))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -648,12 +655,8 @@ def run(params: Params, command: str = "python -m pipeline.ablate") -> dict[str,
     }  # fmt: skip
     write_csv(a.csv_out, rows, store)
     store.write_bytes(a.md_out, markdown(rows, info, composite).encode())
-    pngs = figures(variants, histories)
-    paths = []
-    for name, data in pngs.items():
-        path = f"{a.figures_prefix}{name}.png"
-        store.write_bytes(path, data)
-        paths.append(path)
+    store.write_bytes(a.figure_out, figures(variants, histories))
+    paths = [a.figure_out]
     for path in (a.csv_out, a.md_out, *paths):
         if "://" not in path:
             client.log_artifact(parent, path, "ablation")
@@ -663,7 +666,7 @@ def run(params: Params, command: str = "python -m pipeline.ablate") -> dict[str,
     n_failed = sum(r["status"] == "FAILED" for r in rows)
     client.set_tag(parent, "failed_variants", str(n_failed))
     client.set_terminated(parent, status="FINISHED" if n_failed == 0 else "FAILED")
-    return {**info, "rows": rows, "skipped": skipped, "figures": paths}
+    return {**info, "rows": rows, "skipped": skipped, "figure": a.figure_out}
 
 
 def _failed_child(client, params: Params, key: str, parent: str, v: Variant, error: str):

@@ -42,7 +42,7 @@ def sweep_args(root: str, reports, *extra: str) -> list[str]:
     return [*TINY, f"storage.root={root}", "prepare.name=tiny", "train.sample_grid=0",
             "ablate.decay_epochs=0", "ablate.trial_cpus=0.05", "ablate.cpus_per_worker=1",
             f"ablate.csv_out={reports / 'ablation.csv'}", f"ablate.md_out={reports / 'ablation.md'}",
-            f"ablate.figures_prefix={reports / 'ablation-'}", *extra]  # fmt: skip
+            f"ablate.figure_out={reports / 'ablation.png'}", *extra]  # fmt: skip
 
 
 def test_sweep_with_a_failed_trial_then_resume(tiny_local):
@@ -71,8 +71,7 @@ def test_sweep_with_a_failed_trial_then_resume(tiny_local):
         )
     md = (reports / "ablation.md").read_text()
     assert "composite (no harmonization)" in md and "FAILED" in md and "rainnet-rain-4" in md
-    for name in ("type-I", "type-II", "type-III", "families"):
-        assert (reports / f"ablation-{name}.png").read_bytes().startswith(b"\x89PNG")
+    assert (reports / "ablation.png").read_bytes().startswith(b"\x89PNG")
 
     client = MlflowClient(db)
     exp = client.get_experiment_by_name("harmonization-ablation")
@@ -99,7 +98,7 @@ def test_sweep_with_a_failed_trial_then_resume(tiny_local):
     for m in ("val_psnr", "val_mse", "val_fmse"):
         assert steps(client, c.info.run_id, m) == [1]
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "ablation")}
-    assert {"ablation/ablation.csv", "ablation/ablation.md", "ablation/ablation-type-II.png"} <= logged
+    assert {"ablation/ablation.csv", "ablation/ablation.md", "ablation/ablation.png"} <= logged
     assert parent.info.status == "FAILED" and parent.data.tags["failed_variants"] == "1"
 
     # The same command again, no fault: the finished variants are skipped, the failed one resumes.

@@ -91,9 +91,28 @@ def test_results_files(tmp_path):
                 epochs=3, seed=0, command="python -m pipeline.ablate")  # fmt: skip
     md = ablation.markdown(rows, info, {"psnr": 19.0, "mse": 120.0, "fmse": 1000.0})
     assert "| composite (no harmonization) |" in md and "FAILED (RuntimeError: boom)" in md
-    pngs = ablation.figures(vs, {v.id: hist for v in vs})
-    assert set(pngs) == {"type-I", "type-II", "type-III", "families"}
-    assert all(b.startswith(b"\x89PNG") for b in pngs.values())
+    assert ablation.figures(vs, {v.id: hist for v in vs}).startswith(b"\x89PNG")
+
+
+def panel_titles(placements: str, families: str = "[rainnet]") -> list[str]:
+    vs = ablation.plan(params(f"ablate.placements={placements}", f"ablate.families={families}"), 64)
+    return [title for title, _, _ in ablation.figure_panels(vs, {})]
+
+
+def test_the_figure_has_a_panel_per_kind_the_sweep_ran():
+    """The default sweep (baseline, rain-decoder, all-rain) draws one panel, Type I, not three figures that
+    say nothing finished; the references are dashed in every placement panel."""
+    vs = ablation.plan(params("ablate.placements=[baseline, rain-decoder, all-rain]"), 64)
+    ((title, curves, refs),) = ablation.figure_panels(vs, {})
+    assert title.startswith("Type I ") and list(curves) == ["rainnet-rain-decoder"]
+    assert set(refs) == {"rainnet-baseline", "rainnet-all-rain"}
+    assert panel_titles("[rain-1, rain-inner-3]") == [
+        "Type II placements: validation PSNR", "Type III placements: validation PSNR"
+    ]
+    assert panel_titles("[baseline]", "[rainnet, dih, dih_rain]") == [
+        "DIH vs DIH + RAIN: validation PSNR"
+    ]
+    assert panel_titles("[baseline, all-rain]") == ["RainNet: validation PSNR"]
 
 
 def test_fractional_gpus_pack_several_trials_on_one_gpu():

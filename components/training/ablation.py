@@ -533,12 +533,13 @@ def wait_for_train_actors(timeout_s: float = 300.0) -> int:
     import ray
     from ray.util.state import list_actors
 
-    job = ray.get_runtime_context().get_job_id()
+    ctx = ray.get_runtime_context()
+    job, address = ctx.get_job_id(), ctx.gcs_address  # this Ray's address: another local Ray may be up
     filters = [("job_id", "=", job), ("state", "!=", "DEAD")]
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            actors = list_actors(filters=filters, limit=10000)
+            actors = list_actors(address=address, filters=filters, limit=10000)
             alive = [a for a in actors if a.class_name.rsplit(".", 1)[-1] in TRAIN_ACTORS]
         except Exception as e:  # noqa: BLE001 (the state API is optional: a cluster without a dashboard)
             log.warning("cannot list Ray actors (%s); a stopped trial may still log an epoch", e)
@@ -611,7 +612,8 @@ def run(params: Params, command: str = "python -m pipeline.ablate") -> dict[str,
     errors: dict[str, str] = {}
     stopped: set[str] = set()
     if todo:
-        errors, stopped = _tune(params, probe, key, parent, uri, todo, per_variant, fail, store)
+        errors, stopped, reported = _tune(params, probe, key, parent, uri, todo, per_variant, fail, store)
+        log_reported_epochs(uri, child_runs(params, key), reported)
 
     # Results: every variant from its child run (curves per epoch), status from this run or before.
     client = MlflowClient()
@@ -710,6 +712,9 @@ def _tune(
             max_t=probe.train.epochs + probe.train.decay_epochs,
             grace_period=a.asha_grace_period,
             reduction_factor=a.asha_reduction_factor,
+            # A trial that reaches the last epoch ends by itself: stopped there, Tune would kill it right
+            # after its last report, before rank 0 logs that epoch (the checkpoint comes first).
+            stop_last_trials=False,
         )
     fs, path = store.filesystem(store.uri("tune"))
     tuner = tune.Tuner(
@@ -728,14 +733,37 @@ def _tune(
     wait_for_train_actors()
     errors: dict[str, str] = {}
     stopped: set[str] = set()
+    reported: dict[str, list[dict]] = {}
     total = probe.train.epochs + probe.train.decay_epochs
     for result in grid:
         vid = (result.config or {}).get("variant")
         if vid is None:
             continue
+        if result.metrics_dataframe is not None:
+            reported[vid] = result.metrics_dataframe.to_dict("records")
         if result.error is not None:
             errors[vid] = _first_line(result.error)
             log.warning("variant %s failed: %s", vid, errors[vid])
         elif a.asha and int((result.metrics or {}).get("epoch", total)) < total:
             stopped.add(vid)
-    return errors, stopped
+    return errors, stopped, reported
+
+
+def log_reported_epochs(tracking_uri: str, runs: dict[str, Any], reported: dict[str, list[dict]]) -> None:
+    """Log to each child run the epochs its trial reported (so checkpointed) but did not log: a worker
+    checkpoints an epoch before it logs it, and a trial that ASHA stops is killed right after a report,
+    possibly before rank 0 logged that epoch. Through the workers' own logger: never an epoch twice."""
+    from components.training.loop import epoch_values
+    from components.training.mlflow_logging import RankZeroLogger
+
+    for vid, records in reported.items():
+        run_ = runs.get(vid)
+        rows = [r for r in records if isinstance(r.get("epoch"), int | float) and "val_fmse" in r]
+        if run_ is None or not rows:
+            continue
+        logger = RankZeroLogger(tracking_uri, run_.info.run_id, enabled=True, system_metrics=False)
+        keys = ("val_", "composite_", "lr", "images_per_s", "epoch_time_s")
+        for r in sorted(rows, key=lambda r: r["epoch"]):
+            row = {k: float(v) for k, v in r.items() if k.startswith(keys) and isinstance(v, int | float) and v == v}
+            logger.log_epoch(int(r["epoch"]), epoch_values(row))
+        logger.client.update_run(run_.info.run_id, status=run_.info.status)  # the logger reopened it

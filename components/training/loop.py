@@ -159,7 +159,7 @@ def train_batches(config: dict, train_ds: ShardDataset, train_loader, rank: int,
 
 
 def epoch_artifacts(epoch: int, samples, history: list[dict], baseline: dict) -> dict[str, bytes]:
-    out = {"plots/convergence.png": figures.convergence_curve(history, baseline)}
+    out = {"plots/convergence.png": figures.convergence_curve(history, baseline)} if history else {}
     if samples is not None:
         grid = figures.sample_grid(samples["composite"], samples["mask"], samples["output"], samples["real"])
         out[f"samples/epoch_{epoch:03d}.png"] = figures.png_bytes(grid)
@@ -170,6 +170,16 @@ def epoch_values(row: dict) -> dict[str, float]:
     """An epoch's history row as MLflow metrics: ``val_*`` beside ``val_composite_*``, lr, throughput."""
     values = {k: v for k, v in row.items() if k not in ("epoch", "step")}
     return {("val_" + k if k.startswith("composite_") else k): v for k, v in values.items()}
+
+
+def first_batches(loader, n: int):
+    """The loader's batches until they hold ``n`` samples (the sample grid of the untrained model)."""
+    seen = 0
+    for batch in loader:
+        yield batch
+        seen += len(batch["mask"])
+        if seen >= n:
+            return
 
 
 def gate(epoch: int) -> None:
@@ -217,6 +227,14 @@ def train_loop_per_worker(config: dict) -> None:
     for row in state.history:  # epochs checkpointed but not logged (a tracker away when they ended)
         logger.log_epoch(row["epoch"], epoch_values(row))
     progress = Progress(state.epoch + 1, total_epochs, steps, enabled=rank == 0)  # lines on the driver
+    if rank == 0 and t.sample_grid and state.epoch == 0:
+        # Step 0 of the MLflow image card: what the untrained model returns. The UI opens an image card
+        # at step 0, which was blank while the grids started at epoch 1.
+        _, samples = engine.validate(
+            engine.eval_generator(state), first_batches(val_loader, t.sample_grid), device, t.amp, keep=t.sample_grid
+        )
+        if samples is not None:
+            logger.log_epoch(0, {}, epoch_artifacts(0, samples, [], {}))
     status = "FAILED"
     try:
         for epoch in range(state.epoch + 1, total_epochs + 1):
@@ -272,6 +290,9 @@ def train_loop_per_worker(config: dict) -> None:
                 logger.log_epoch(epoch, epoch_values(row), epoch_artifacts(epoch, samples, state.history, baseline))
                 gate(epoch)
             if fault_after == epoch and not resumed:
+                if torch.distributed.is_initialized():
+                    # every worker dies after the epoch is checkpointed and logged, not while rank 0 logs
+                    torch.distributed.barrier()
                 raise RuntimeError(f"{FAULT_ENV}={fault_after}: injected failure after epoch {epoch}")
             if pause_after == epoch and not resumed:
                 log.warning(

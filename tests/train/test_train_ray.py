@@ -81,6 +81,9 @@ def test_two_workers_killed_run_resumes_from_its_checkpoint(tiny_local, ray_clus
     assert run.data.params["train.num_workers"] == "2"
     # the sample grid per epoch goes through log_image (key samples); the latest is samples.png
     assert "samples.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    # ... from step 0 (the untrained model), where the UI's image card opens, to the last epoch
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
+    assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in images) == [0, 1, 2], images
     assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == ["plots/convergence.png"]
 
     with open(proj / "metrics" / "train_epochs.csv") as f:

@@ -179,7 +179,7 @@ def s3_bucket(moto_endpoint) -> str:
 def ray_cluster(tmp_path_factory) -> dict:
     """A real Ray head (``ray start --head --block``) on 127.0.0.1 with the dashboard for job submission.
 
-    Yields ``{"address": "127.0.0.1:PORT", "dashboard": "http://127.0.0.1:PORT"}``.
+    Yields ``{"address": "127.0.0.1:PORT", "dashboard": "http://127.0.0.1:PORT", "temp_dir": its logs}``.
     """
     port, dash = free_port(), free_port()
     # Every listener on its own free port: another Ray on the machine (a developer's `dvc repro`, a
@@ -205,7 +205,7 @@ def ray_cluster(tmp_path_factory) -> dict:
     saved = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE")}
     os.environ["RAY_AUTH_MODE"] = "disabled"
     proc = _start(cmd, log, env=RAY_NODE_ENV)
-    info = {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
+    info = {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "temp_dir": str(temp_dir)}
     try:
         wait_http(f"{info['dashboard']}/api/version", timeout=300, proc=proc)
         yield info

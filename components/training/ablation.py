@@ -611,13 +611,14 @@ def run(params: Params, command: str = "python -m pipeline.ablate") -> dict[str,
     fail = {s.strip() for s in os.environ.get(FAIL_ENV, "").split(",") if s.strip()}
     errors: dict[str, str] = {}
     stopped: set[str] = set()
+    reported: dict[str, list[dict]] = {}
     if todo:
         errors, stopped, reported = _tune(params, probe, key, parent, uri, todo, per_variant, fail, store)
-        log_reported_epochs(uri, child_runs(params, key), reported)
 
     # Results: every variant from its child run (curves per epoch), status from this run or before.
     client = MlflowClient()
     done = child_runs(params, key)
+    log_reported_epochs(uri, done, reported)
     rows, histories = [], {}
     composite = None
     for v in variants:

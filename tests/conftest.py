@@ -28,6 +28,9 @@ BIN = Path(sys.executable).parent
 # on SIGTERM (for Serve replicas on Kubernetes); a test cluster's nodes have nothing to drain, and
 # their GCS gets the same SIGTERM, so the drain only waited out its timeout at every teardown.
 RAY_NODE_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+# Ray's switch for a single-machine Ray, every listener on 127.0.0.1 (components.training.launch sets it
+# for the stages' local Ray): "0" for the suite's single head and its clients, "1" for multi-node clusters.
+LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # Ray Train's controller looks at its workers every 2 s by default, so each of the suite's trainings
 # learned of its end, a failure or an epoch's report (what Tune and ASHA act on) up to 2 s late. Set
 # here, it reaches every stage the tests start (and the Ray nodes): they all inherit this environment.
@@ -179,7 +182,8 @@ def s3_bucket(moto_endpoint) -> str:
 def ray_cluster(tmp_path_factory) -> dict:
     """A real Ray head (``ray start --head --block``) on 127.0.0.1 with the dashboard for job submission.
 
-    Yields ``{"address": "127.0.0.1:PORT", "dashboard": "http://127.0.0.1:PORT", "temp_dir": its logs}``.
+    Yields ``{"address": "127.0.0.1:PORT", "dashboard": "http://127.0.0.1:PORT", "temp_dir": its logs,
+    "pid": the ray start process, parent of the Ray's processes}``.
     """
     port, dash = free_port(), free_port()
     # Every listener on its own free port: another Ray on the machine (a developer's `dvc repro`, a
@@ -201,11 +205,16 @@ def ray_cluster(tmp_path_factory) -> dict:
         *(f"--{flag}={p}" for flag, p in ports.items()),
     ]  # fmt: skip
     # Ray 2.60 turns token authentication on by default; this head listens on 127.0.0.1 only, so the
-    # tests run it (and its clients: ray job submit, ray.init) with authentication off.
-    saved = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE")}
-    os.environ["RAY_AUTH_MODE"] = "disabled"
+    # tests run it (and its clients: ray job submit, ray.init) with authentication off. A single-machine
+    # Ray, it runs as the stages' own local Ray does (components/training/launch.py): with Ray's switch
+    # for that (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), without which Ray swaps 127.0.0.1 for the machine's
+    # address and listens on every interface. Its clients (the stages the tests start with
+    # RAY_ADDRESS=127.0.0.1:PORT) need the switch too, or they rewrite that address the same way.
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", LOOPBACK_ONLY_ENV)}
+    os.environ.update({"RAY_AUTH_MODE": "disabled", LOOPBACK_ONLY_ENV: "0"})
     proc = _start(cmd, log, env=RAY_NODE_ENV)
-    info = {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "temp_dir": str(temp_dir)}
+    info = {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "temp_dir": str(temp_dir),
+            "pid": proc.pid}  # fmt: skip
     try:
         wait_http(f"{info['dashboard']}/api/version", timeout=300, proc=proc)
         yield info

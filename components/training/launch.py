@@ -155,6 +155,10 @@ def init_ray(params: Params) -> None:
     )
 
 
+# Ray's switch for a single-machine Ray (every listener on 127.0.0.1); a multi-node cluster leaves it unset.
+LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
 def start_local_ray(**init_kwargs) -> str:
     """Start a Ray on this machine that its own processes find by address; returns the address.
 
@@ -163,16 +167,26 @@ def start_local_ray(**init_kwargs) -> str:
     up (two stages at once, a test suite beside a run) that scan fails and every training printed a
     25-line "Found multiple active Ray instances" traceback. So the GCS gets a port chosen here, and the
     Ray's processes (raylet, workers, actors: they inherit its environment) get ``RAY_ADDRESS`` naming
-    it; this process's own environment is left as it was."""
+    it; this process's own environment is left as it was.
+
+    It is a single-machine Ray, so it listens on 127.0.0.1 only. Ray 2.60 swaps a loopback node address
+    (``_node_ip_address="127.0.0.1"``, ``ray start --node-ip-address=127.0.0.1``) for the machine's
+    network address, and its GCS, raylet, workers and agents then listen on every interface; the one
+    switch that keeps 127.0.0.1 is ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (Ray's "no multi-node
+    cluster" mode), read when ``ray`` is imported: set here for the Ray's processes (they inherit it)
+    and, for the start, on this process's already imported copy (``ray_constants.ENABLE_RAY_CLUSTER``)."""
     import ray
+    from ray._private import ray_constants
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    address = f"{ray.util.get_node_ip_address()}:{port}"  # the host Ray's own GCS address names
-    pinned = {"RAY_ADDRESS": address, "RAY_GCS_SERVER_PORT": str(port)}
+    address = f"127.0.0.1:{port}"
+    pinned = {"RAY_ADDRESS": address, "RAY_GCS_SERVER_PORT": str(port), LOOPBACK_ONLY_ENV: "0"}
     saved = {k: os.environ.get(k) for k in pinned}
+    saved_cluster = ray_constants.ENABLE_RAY_CLUSTER
     os.environ.update(pinned)
+    ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         ray.init(
             address="local",  # start one, whatever RAY_ADDRESS says (it names the one being started)
@@ -182,6 +196,7 @@ def start_local_ray(**init_kwargs) -> str:
             **init_kwargs,
         )
     finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_cluster  # the node's address is known now (127.0.0.1)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

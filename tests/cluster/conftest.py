@@ -21,7 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, RAY_NODE_ENV, _start, _stop, free_port, serve_mlflow, wait_http
+from tests.conftest import (
+    BIN,
+    LOOPBACK_ONLY_ENV,
+    RAY_NODE_ENV,
+    _start,
+    _stop,
+    free_port,
+    serve_mlflow,
+    wait_http,
+)
 
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)), None)
 RAY_PORT_FLAGS = (
@@ -31,7 +40,10 @@ RAY_PORT_FLAGS = (
 REPO = Path(__file__).resolve().parents[2]
 # A private cluster on 127.0.0.1: no token auth. The nodes import this checkout's code (an image
 # built from it, on a real cluster) for the functions a driver outside a job sends them.
-NODE_ENV = {**RAY_NODE_ENV, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
+# A multi-node cluster (nodes joining a head; the token-auth head stands for one): Ray's cluster mode, even
+# when the suite's single-machine head has set the loopback switch in this process's environment. Its
+# nodes listen on the machine's network address, as a real cluster's do on theirs (docs/CLUSTER.md).
+NODE_ENV = {**RAY_NODE_ENV, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO), LOOPBACK_ONLY_ENV: "1"}
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:

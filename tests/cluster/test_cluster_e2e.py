@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from components.checkpoint import HASH_SUFFIX
 from components.training.loop import PAUSE_ENV, STATE_FILE
 from tests.cluster.conftest import alive_nodes
-from tests.conftest import BIN
+from tests.conftest import BIN, LOOPBACK_ONLY_ENV
 from tests.train.conftest import PY, REPO, TINY, project_dir, write_tiny_dataset
 
 pytestmark = pytest.mark.slow
@@ -60,7 +60,7 @@ def stage(module: str, overrides: list[str]) -> list[str]:
 def local_env(tracking: str, **extra: str) -> dict[str, str]:
     """The submitting machine: the moto credentials, the shared MLflow (for tracking and the registry, so
     no registry URI this process had makes the stages register elsewhere), no Ray address, git identity."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", LOOPBACK_ONLY_ENV)}  # a cluster client
     env.update(MLFLOW_TRACKING_URI=tracking, MLFLOW_REGISTRY_URI=tracking, PYTHONPATH=str(REPO),
                PATH=f"{BIN}:{env.get('PATH', '')}", RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
                GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t", **extra)  # fmt: skip

@@ -18,6 +18,15 @@ size of its two files instead of ~15 MB of nested lists,
 ``python -m components.serving_io request composite.png mask.png`` writes a compact request (``--tensor``:
 the nested lists); ``... response answer.json out.png`` turns either answer back into a PNG (README,
 "Serving").
+
+``python -m components.serving_io serve -m models:/rainnet@champion -h 127.0.0.1 -p 5001`` is
+``mlflow models serve --env-manager local`` (MLflow's own scoring app: the same endpoints and answers)
+behind a guard on the JSON's nesting depth. MLflow parses the body with ``json.loads`` before any model
+code runs and turns only ``JSONDecodeError`` into a 400; a body nested deeper than Python's recursion
+limit (~1000 levels, a few KB) raises ``RecursionError`` there (``_decode_json_input`` in
+``mlflow/pyfunc/scoring_server/__init__.py``), which its server answers with a bare 500. The guard
+answers a body nested deeper than any request of this model (``MAX_NESTING``) with a 400 naming the
+depth, without parsing it.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import base64
 import binascii
 import io
 import json
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,6 +49,9 @@ INPUT_HELP = (
     '{"composite_png": base64, "mask_png": base64}'
 )
 TENSOR_KEYS, COMPACT_KEYS = ("composite", "mask"), ("composite_png", "mask_png")
+# The deepest request of this model is the tensor form, 6 levels ({"inputs": {"composite": [N][H][W][3]}});
+# MLflow's parser fails (a 500) past ~1000. Deeper than this is answered 400 before anything parses it.
+MAX_NESTING = 32
 
 
 def is_compact(model_input: Any) -> bool:
@@ -166,6 +179,70 @@ def response_images(answer: Mapping[str, Any]) -> np.ndarray:
     return out.astype(np.uint8)
 
 
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string literal, escapes included
+
+
+def nesting_depth(body: bytes) -> int:
+    """How deep the JSON ``body`` nests arrays and objects (brackets inside strings not counted), without
+    parsing it: a linear scan, whatever the depth."""
+    b = np.frombuffer(_JSON_STRING.sub(b"", body), dtype=np.uint8)
+    steps = np.zeros(b.shape, dtype=np.int32)
+    steps[(b == ord("[")) | (b == ord("{"))] = 1
+    steps[(b == ord("]")) | (b == ord("}"))] = -1
+    return int(steps.cumsum().max(initial=0))
+
+
+class NestingGuard:
+    """ASGI middleware: a JSON request nested deeper than ``max_depth`` is answered ``400`` (MLflow's error
+    body, ``{"error_code": "BAD_REQUEST", "message": ...}``) before the app reads it; others pass as sent."""
+
+    def __init__(self, app, max_depth: int = MAX_NESTING):
+        self.app, self.max_depth = app, max_depth
+
+    async def __call__(self, scope, receive, send):
+        headers = dict(scope.get("headers") or ())
+        if scope["type"] != "http" or not headers.get(b"content-type", b"").startswith(b"application/json"):
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        depth = nesting_depth(body)
+        if depth > self.max_depth:
+            text = (f"the request's JSON nests {depth} levels deep; this model's requests nest at most 6 "
+                    f"(limit {self.max_depth}): expected {{\"inputs\": {INPUT_HELP}}}")  # fmt: skip
+            answer = json.dumps({"error_code": "BAD_REQUEST", "message": text}).encode()
+            await send({"type": "http.response.start", "status": 400,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(answer)).encode())]})  # fmt: skip
+            await send({"type": "http.response.body", "body": answer})
+            return
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def serve(model_uri: str, host: str = "127.0.0.1", port: int = 5001) -> None:
+    """MLflow's scoring server for ``model_uri`` (what ``mlflow models serve --env-manager local`` runs,
+    one worker) behind ``NestingGuard``."""
+    import uvicorn
+    from mlflow.pyfunc import scoring_server
+
+    app = scoring_server.init(scoring_server.load_model_with_mlflow_config(model_uri))
+    uvicorn.run(NestingGuard(app), host=host, port=port)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from PIL import Image
 
@@ -178,7 +255,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = sub.add_parser("response", help="write the harmonized image of a server answer as a PNG")
     res.add_argument("answer", help="the JSON the server answered ('-' for stdin)")
     res.add_argument("out", help="output PNG")
+    srv = sub.add_parser("serve", help="serve the model over HTTP (mlflow models serve, nesting guarded)",
+                         conflict_handler="resolve")  # fmt: skip
+    srv.add_argument("-m", "--model-uri", required=True, help="models:/rainnet@champion, runs:/<id>/model, ...")
+    srv.add_argument("-h", "--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    srv.add_argument("-p", "--port", type=int, default=5001, help="port (default 5001; mlflow ui keeps 5000)")
     args = parser.parse_args(argv)
+    if args.cmd == "serve":
+        serve(args.model_uri, args.host, args.port)
+        return 0
     try:
         if args.cmd == "request" and not args.tensor:  # the files as they are: nothing to re-encode
             files = (Path(args.composite).read_bytes(), Path(args.mask).read_bytes())

@@ -18,7 +18,7 @@ from components import serving_io, tracking
 from components.predictor import Predictor
 from tests.conftest import BIN, _start, _stop, free_port, wait_http
 from tests.serve import helpers
-from tests.serve.conftest import log_training_run
+from tests.serve.conftest import REPO, log_training_run
 
 SERVE_PHOTO_INDEX = 9  # a photo the strong model did not train on
 LIMIT_400 = 2000  # characters of a 400 answer
@@ -135,3 +135,42 @@ def test_readme_and_pipeline_summary_start_the_ui_and_the_server_on_different_po
     for text in (readme, tail):
         ui, serve = _ports(text, "mlflow ui"), _ports(text, "mlflow models serve")
         assert ui and serve and not ui & serve, (ui, serve)
+
+
+def test_deeply_nested_request_is_a_400_not_a_500(champion_store, tmp_path):
+    """A 5000-deep JSON body: MLflow's parser raises RecursionError before the model runs (a bare 500
+    from ``mlflow models serve``); the project's serve command answers 400 naming the depth, and still
+    serves a real request."""
+    port = free_port()
+    cmd = [str(BIN / "python"), "-m", "components.serving_io", "serve", "-m", "models:/rainnet@champion",
+           "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    env = {"MLFLOW_TRACKING_URI": champion_store, "MLFLOW_REGISTRY_URI": champion_store,
+           "PYTHONPATH": str(REPO)}  # fmt: skip
+    proc = _start(cmd, tmp_path / "serve.log", env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            wait_http(f"{url}/ping", timeout=300, proc=proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise AssertionError(f"{exc}:\n{(tmp_path / 'serve.log').read_text()[-3000:]}") from None
+        deep = '{"inputs": {"composite": ' + "[" * 5000 + "]" * 5000 + ', "mask": []}}'
+        req = urllib.request.Request(f"{url}/invocations", deep.encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=60)
+        answer = json.loads(err.value.read())
+        assert err.value.code == 400, answer
+        assert answer["error_code"] == "BAD_REQUEST" and "nests 5002 levels deep" in answer["message"], answer
+        assert len(json.dumps(answer)) < LIMIT_400, answer
+
+        rng = np.random.default_rng(0)
+        comp = rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
+        mask = np.zeros((40, 48), np.uint8)
+        mask[10:30, 12:36] = 255
+        for compact in (True, False):  # both request forms still pass the guard
+            status, answer = post(f"{url}/invocations", serving_io.request(comp, mask, compact=compact))
+            assert status == 200, str(answer)[:2000]
+            (out,) = serving_io.response_images(answer)
+            assert out.shape == comp.shape and out[mask == 0].tobytes() == comp[mask == 0].tobytes()
+    finally:
+        _stop(proc)

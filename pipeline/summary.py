@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from components.cli import base_parser, params_from_args, run_cli
 
 PARAMS = ("train.metrics_out", "evaluate.summary_out", "register")
-UI_PORT, SERVE_PORT = 5000, 5001  # distinct: `mlflow ui` and `mlflow models serve` run side by side
+UI_PORT, SERVE_PORT = 5000, 5001  # distinct: `mlflow ui` and the model server run side by side
 
 
 def lines(train: dict, evaluation: dict, registered: dict) -> list[str]:
@@ -34,7 +34,7 @@ def lines(train: dict, evaluation: dict, registered: dict) -> list[str]:
         "Next (after: source .venv/bin/activate):",
         f"  mlflow ui --backend-store-uri sqlite:///mlruns.db --port {UI_PORT}",
         f"  harmonize composite.jpg mask.png -o out.png -m {model}",
-        f"  mlflow models serve -m {model} --env-manager local -h 127.0.0.1 -p {SERVE_PORT}",
+        f"  python -m components.serving_io serve -m {model} -h 127.0.0.1 -p {SERVE_PORT}",
         "  dvc exp run --queue -S model.generator.head=pct evaluate   # then: dvc exp show --only-changed",
     ]
     return out

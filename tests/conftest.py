@@ -209,9 +209,14 @@ def ray_cluster(tmp_path_factory) -> dict:
     # Ray, it runs as the stages' own local Ray does (components/training/launch.py): with Ray's switch
     # for that (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), without which Ray swaps 127.0.0.1 for the machine's
     # address and listens on every interface. Its clients (the stages the tests start with
-    # RAY_ADDRESS=127.0.0.1:PORT) need the switch too, or they rewrite that address the same way.
+    # RAY_ADDRESS=127.0.0.1:PORT) need the switch too, or they rewrite that address the same way; this
+    # process (a test's own ray.init on it) read it when it imported ray, so it gets it on that copy.
+    from ray._private import ray_constants
+
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", LOOPBACK_ONLY_ENV)}
+    saved_cluster = ray_constants.ENABLE_RAY_CLUSTER
     os.environ.update({"RAY_AUTH_MODE": "disabled", LOOPBACK_ONLY_ENV: "0"})
+    ray_constants.ENABLE_RAY_CLUSTER = False
     proc = _start(cmd, log, env=RAY_NODE_ENV)
     info = {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "temp_dir": str(temp_dir),
             "pid": proc.pid}  # fmt: skip
@@ -222,6 +227,7 @@ def ray_cluster(tmp_path_factory) -> dict:
         _stop(proc, timeout=60)
         shutil.rmtree(temp_dir, ignore_errors=True)
         restore_env(saved)
+        ray_constants.ENABLE_RAY_CLUSTER = saved_cluster
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
-"""``dvc exp run --temp`` of one placement: the temporary workspace gets the dataset from DVC (prepare's
-output) and tracks into the project's MLflow."""
+"""``dvc exp run --temp`` and ``--queue`` of one placement in one project: each temporary workspace gets the
+dataset from DVC (prepare's output) and tracks into the project's MLflow; each experiment's row shows its
+own numbers or none. One project and one baseline serve both (each dvc repro trains on a Ray of its own)."""
 
 from __future__ import annotations
 
@@ -9,25 +10,6 @@ from mlflow import MlflowClient
 from tests.train.test_dvc_train import BIN, sh, tiny_project
 
 pytestmark = pytest.mark.slow
-
-
-def test_dvc_exp_run_temp_of_one_placement(tmp_path):
-    clone = tmp_path / "clone"
-    env = tiny_project(clone, sample_grid=0)
-    sh(["git", "init", "-q"], clone, env)
-    sh([str(BIN / "dvc"), "repro", "prepare"], clone, env, timeout=300)
-    sh(["git", "add", "-A"], clone, env)
-    sh(["git", "commit", "-q", "-m", "clone + prepare"], clone, env)
-
-    sh([str(BIN / "dvc"), "exp", "run", "--temp", "-S", "model.generator.placement=rain-2", "train"], clone, env,
-       timeout=480)  # fmt: skip
-    client = MlflowClient(f"sqlite:///{clone / 'mlruns.db'}")  # the project's database, not the temp copy's
-    exp = client.get_experiment_by_name("harmonization-train")
-    runs = client.search_runs([exp.experiment_id])
-    assert [r.data.tags["placement"] for r in runs] == ["rain-2"]
-    assert runs[0].info.status == "FINISHED"
-    shown = sh([str(BIN / "dvc"), "exp", "show", "--json"], clone, env).stdout
-    assert "rain-2" in shown and "metrics/headline/train.json" in shown and "val_fmse" in shown
 
 
 def exp_rows(shown: list) -> dict[str, dict]:
@@ -52,9 +34,11 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def test_queued_experiments_show_their_own_metrics_or_none(tmp_path):
-    """``dvc exp run --queue``: an experiment that trains without evaluating shows no test numbers (not
-    the baseline model's), one queued up to ``evaluate`` shows its own model's, the one MLflow recorded."""
+def test_temp_and_queued_experiments_track_into_the_project_and_show_their_own_metrics_or_none(tmp_path):
+    """A baseline (prepare, train, evaluate) committed; ``dvc exp run --temp`` up to ``train`` shows its own
+    validation numbers and no test numbers (not the baseline model's); one queued up to ``evaluate``
+    (``--queue``, ``--run-all``) shows its own model's, the one MLflow recorded. Both track into the
+    project's MLflow database, not their temporary copy's."""
     import json
 
     clone = tmp_path / "clone"
@@ -65,20 +49,28 @@ def test_queued_experiments_show_their_own_metrics_or_none(tmp_path):
     sh(["git", "commit", "-q", "-m", "baseline: prepare, train, evaluate"], clone, env)
 
     dvc = str(BIN / "dvc")
-    sh([dvc, "exp", "run", "--queue", "-n", "trained", "-S", "model.generator.placement=rain-2", "train"],
-       clone, env)  # fmt: skip
+    sh([dvc, "exp", "run", "--temp", "-n", "trained", "-S", "model.generator.placement=rain-2", "train"], clone,
+       env, timeout=480)  # fmt: skip
     sh([dvc, "exp", "run", "--queue", "-n", "evaluated", "-S", "model.generator.placement=rain-2",
         "-S", "train.seed=1", "evaluate"], clone, env)  # fmt: skip
     sh([dvc, "exp", "run", "--run-all", "-j", "1"], clone, env, timeout=1200)
-    rows = exp_rows(json.loads(sh([dvc, "exp", "show", "--json"], clone, env).stdout))
+    shown = sh([dvc, "exp", "show", "--json"], clone, env).stdout
+    rows = exp_rows(json.loads(shown))
     test_key, val_key = "metrics/headline/eval.json:test_fmse", "metrics/headline/train.json:val_fmse"
     base = rows["workspace"]
     assert {"trained", "evaluated"} <= set(rows), sorted(rows)
     assert test_key in base and test_key not in rows["trained"], rows["trained"]  # none, not the baseline's
     assert rows["trained"][val_key] != base[val_key]  # its own training
     assert rows["evaluated"][test_key] != base[test_key]
+    assert rows["trained"]["params:model.generator.placement"] == "rain-2"
 
-    client = MlflowClient(f"sqlite:///{clone / 'mlruns.db'}")
+    client = MlflowClient(f"sqlite:///{clone / 'mlruns.db'}")  # the project's database, not a temp copy's
+    train_exp = client.get_experiment_by_name("harmonization-train")
+    runs = client.search_runs([train_exp.experiment_id])
+    # the baseline's training and one per experiment, each tracked here and finished
+    placements = sorted(["rain-2", "rain-2", base["params:model.generator.placement"]])
+    assert sorted(r.data.tags["placement"] for r in runs) == placements
+    assert {r.info.status for r in runs} == {"FINISHED"}
     exp = client.get_experiment_by_name("harmonization-eval")
     evals = {round(r.data.metrics["test_fmse"], 4) for r in client.search_runs([exp.experiment_id])}
     assert round(rows["evaluated"][test_key], 4) in evals  # what its own evaluation measured

@@ -71,7 +71,7 @@ def worker() -> None:
     reach it; that one logger gets the same level here."""
     try:
         from ray.train.v2._internal.execution import context
-    except ImportError:  # another Ray layout: tests/pipeline/test_train_progress.py says if the line is back
+    except ImportError:  # another Ray layout: tests/train/test_reproducible.py (its progress test) says if the line is back
         return
     logging.getLogger(context.__file__).setLevel(TRAIN_LOG_LEVEL)
 

@@ -1,9 +1,13 @@
 """The same training command on one machine gives the same generator, byte for byte (deterministic
 kernels, fixed threads, seeded readers); another ``train.seed`` gives another one. Each training runs
 while a second local Ray is up (the session's Ray head, as with two stages at once or a test suite beside
-a run), and its console stays free of tracebacks: the stage's Ray is found by its address."""
+a run), and its console stays free of tracebacks: the stage's Ray is found by its address. What the driver
+prints (progress lines, the result, no library chatter) is checked on the first of these trainings: each
+is the command as a new user runs it (no Ray address, ``RAY_AUTH_MODE`` unset)."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
@@ -40,6 +44,48 @@ def trainings(tmp_path_factory, ray_cluster) -> dict:
     (``ray_cluster``). Not side by side: a raylet that cannot register within Ray's fixed 30 s (three
     starting at once on a busy 2-core machine) fails the start."""
     return {name: train_once(tmp_path_factory.mktemp(name), seed) for name, seed in (("a", 0), ("b", 0), ("c", 1))}
+
+
+# Lines the libraries printed on every training before components/training/quiet.py: none says anything
+# a user acts on (the full record stays in the Ray session's log files).
+NOISE = (
+    "Started a local Ray instance",  # ray.init
+    "Requesting resources",  # Train controller
+    "Attempting to start training worker group",
+    "Started training worker group",
+    "Setting up process group",  # Train worker
+    "Moving model to device",
+    "Checkpoint successfully created",  # per report
+    "Reporting training result",
+    "system_metrics_monitor",  # MLflow on rank 0: "Started monitoring system metrics", ...
+    "Creating initial MLflow database tables",  # MLflow on the driver
+    "Validating input example",
+    "Downloading artifacts",  # MLflow's tqdm bars
+    "PreemptionWatcher",  # core worker's error-level note on the watcher's constructor arguments
+    "Token authentication is enabled",  # Ray 2.60 on each local start (RAY_AUTH_MODE unset)
+    "Add type hints to the `predict` method",  # MLflow 3 on logging the pyfunc model
+)
+
+
+def test_train_prints_progress_and_the_result_without_library_chatter(trainings):
+    """What ``python -m pipeline.train`` prints on the driver: progress lines with the ETA and the result,
+    once each; none of Ray's and MLflow's start-up and per-report chatter (components/training/quiet.py)."""
+    res, out = trainings["a"]
+    text = res.stdout + res.stderr
+    assert res.returncode == 0, text[-4000:]
+    # Ray forwards worker stdout to ours; each line once (Train's print patch copied it to stderr too)
+    ends = re.findall(r"epoch (\d)/2 done in [^\n]*", text)
+    assert ends == ["1", "2"], text[-4000:]
+    assert re.findall(r"epoch (\d)/2 done in [^\n]*", res.stdout) == ends
+    first = re.search(r"epoch 1/2 done in [^\n]*", text).group(0)
+    assert "val fMSE" in first and "(composite" in first and re.search(r"ETA \d+ s", first), first
+    assert re.search(r"epoch 2/2 done in [^\n]*finished", text)
+    bars = re.findall(r"epoch 1/2 \[[#-]{20}\] step (\d+)/(\d+)", text)  # the bar within the epoch
+    assert bars and len(bars) == len(set(bars)), bars
+    assert re.search(r"^trained \S+ to epoch 2: val fMSE [\d.]+ \(composite [\d.]+\)", res.stdout, re.M)
+    assert "MLflow run " in re.search(r"train key [^\n]*", text).group(0)  # the stage's own INFO stays
+    assert [n for n in NOISE if n in text] == [], text[-4000:]
+    assert (out / "headline" / "train.json").is_file()
 
 
 def weights(out) -> dict[str, bytes]:

@@ -109,9 +109,10 @@ def test_truncated_checkpoints_fall_back_and_a_finished_run_stays_finished(tiny_
     assert run.info.status == "FINISHED" and epochs_logged(client, run.info.run_id) == [1, 2]
 
 
-def test_driver_killed_mid_training_resumes_from_the_newest_checkpoint_on_disk(tiny_local):  # noqa: F811
+def test_driver_killed_mid_training_resumes_from_the_newest_checkpoint_on_disk(tiny_local, ray_cluster):  # noqa: F811
     """The driver (and the local Ray in its process group) is killed while the worker waits after epoch 2
-    (``HARMONIZE_PAUSE_AFTER_EPOCH=2``): mid-training however fast the epochs go."""
+    (``HARMONIZE_PAUSE_AFTER_EPOCH=2``): mid-training however fast the epochs go. The rerun resumes on the
+    session's Ray head: what it resumes from is on disk, whichever Ray runs it (no second Ray start)."""
     proj, args, env, client = setup(tiny_local, "train.epochs=4")
     cmd = [PY, "-m", "pipeline.train", *[a for o in args for a in ("-S", o)]]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0", **env, PAUSE_ENV: "2"}
@@ -139,7 +140,7 @@ def test_driver_killed_mid_training_resumes_from_the_newest_checkpoint_on_disk(t
     saved = newest_epoch()
     assert saved == 2
 
-    res = run_train(proj, args, env=env)
+    res = run_train(proj, args, env={**env, "RAY_ADDRESS": ray_cluster["address"]})
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     resumed = re.search(rf"resuming from {re.escape(str(key_dir))}/epoch_(\d+) \(epoch (\d+)\)", out)

@@ -1,5 +1,6 @@
 """train.reader=ray_data (Ray Data + ray.train.get_dataset_shard) against the shard reader, on the real
-Ray cluster fixture: both finish, log the same metrics and train on the same number of samples an epoch."""
+Ray cluster fixture: both finish, log the same metrics and train on the same number of samples an epoch.
+Ray Data reading the shards from S3 (two workers, a local Ray): tests/train/test_ingest_workers.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from mlflow import MlflowClient
 from components.cli import UserError
 from components.config import load_params
 from components.training import launch
-from tests.train.conftest import REPO, TINY, project_dir, run_train, write_tiny_dataset
+from tests.train.conftest import REPO, TINY, run_train
 
 
 def train_with(reader: str, proj, root, ray_address: str | None) -> tuple[list[dict], set[str]]:
@@ -50,15 +51,3 @@ def test_ray_data_reader_trains_on_the_same_samples_and_logs_the_same_metrics(ti
     assert [int(r["step"]) for r in ray_rows] == [int(r["step"]) for r in shard_rows]
     assert ray_metrics == shard_metrics
     assert {"val_fmse", "val_psnr", "train/loss_g"} <= ray_metrics
-
-
-@pytest.mark.slow
-def test_ray_data_reader_reads_the_shards_from_s3(s3_bucket, tmp_path):
-    """storage.root on S3 (moto): Ray Data's read tasks reach the bucket through the configured endpoint.
-    A local Ray (no RAY_ADDRESS): its workers inherit this test's moto credentials, as a cluster's nodes
-    would have their own (instance roles, a Kubernetes secret)."""
-    write_tiny_dataset(s3_bucket)
-    proj = project_dir(tmp_path / "proj")
-    rows, metrics = train_with("ray_data", proj, s3_bucket, None)
-    assert [int(r["step"]) for r in rows] == [4, 8]
-    assert "val_fmse" in metrics

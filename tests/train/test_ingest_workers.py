@@ -1,6 +1,6 @@
 """train.reader=ray_data with two Ray Train workers: every training row once an epoch across the
-workers (as the shard reader splits them), validation run, the model saved; and a clear error, not a
-hang, on a cluster whose CPUs all go to the workers."""
+workers (as the shard reader splits them), read from S3, validation run, the model saved; and a clear
+error, not a hang, on a cluster whose CPUs all go to the workers."""
 
 from __future__ import annotations
 
@@ -42,8 +42,13 @@ def args_for(tiny: dict, *extra: str) -> list[str]:
             f"train.metrics_out={out / 'train.json'}", f"train.plots_out={out / 'epochs.csv'}", *extra]  # fmt: skip
 
 
-def test_two_workers_train_on_every_row_validate_and_save_the_model(tiny):
-    """``python -m pipeline.train`` on a local Ray (the stage starts it: 2 worker CPUs + 1 for Ray Data)."""
+def test_two_workers_train_on_every_row_from_s3_validate_and_save_the_model(s3_bucket, tmp_path):
+    """``python -m pipeline.train`` on a local Ray (the stage starts it: 2 worker CPUs + 1 for Ray Data),
+    storage.root on S3 (moto): Ray Data's read tasks reach the bucket through the configured endpoint. A
+    local Ray: its workers inherit this test's moto credentials, as a cluster's nodes would have their own
+    (instance roles, a Kubernetes secret)."""
+    write_tiny_dataset(s3_bucket)
+    tiny = {"proj": project_dir(tmp_path / "proj"), "root": s3_bucket}
     proj, db = tiny["proj"], f"sqlite:///{tiny['proj'] / 'mlflow.db'}"
     res = run_train(proj, args_for(tiny, "train.epochs=2"), env={"MLFLOW_TRACKING_URI": db})
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 from PIL import Image
 
 from components.checkpoint import file_sha256
+from components.data.iharmony4 import mask_and_real_names
 from components.models.authors_keys import authors_layout
 from tests.serve import helpers
 from tests.serve.conftest import on_server, run_stage
@@ -84,7 +86,23 @@ def test_import_is_a_tracked_registered_version(imported, authors_file):
         assert v.run_id == run.info.run_id and run.data.tags["source"] == "authors"
 
 
-def test_imported_version_harmonizes_evaluates_and_registers(imported, photos, photo_ids, test_subset, tmp_path):
+@pytest.fixture(scope="module")
+def few_test_images(test_subset, tmp_path_factory) -> Path:
+    """The first four triplets of the test subset, in the same layout: the 54.8M-parameter generator on
+    CPU costs seconds an image, and four random-weights outputs show the loss to the composite as well."""
+    out = tmp_path_factory.mktemp("few") / test_subset.name
+    listing = test_subset / f"{test_subset.name}_test.txt"
+    names = [n for n in listing.read_text().split() if n][:4]
+    for name in names:
+        mask, real = mask_and_real_names(name)
+        for folder, file in (("composite_images", name), ("masks", mask), ("real_images", real)):
+            (out / folder).mkdir(parents=True, exist_ok=True)
+            shutil.copy(test_subset / folder / file, out / folder / file)
+    (out / listing.name).write_text("\n".join(names) + "\n")
+    return out
+
+
+def test_imported_version_harmonizes_evaluates_and_registers(imported, photos, photo_ids, few_test_images, tmp_path):
     """``harmonize -m models:/<name>/1`` at full resolution, then evaluate and register: the imported
     version is scored like any other and, as random weights, does not become champion."""
     from pipeline import evaluate, harmonize, register
@@ -108,7 +126,7 @@ def test_imported_version_harmonizes_evaluates_and_registers(imported, photos, p
         run_stage(
             evaluate.main,
             f"evaluate.model=models:/{name}/1",
-            f"evaluate.data={test_subset}",
+            f"evaluate.data={few_test_images}",
             f"evaluate.per_image_out={ev / 'eval.csv'}",
             f"evaluate.summary_out={ev / 'eval.json'}",
             f"evaluate.summary_md={ev / 'eval.md'}",

@@ -37,6 +37,20 @@ LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
+# Fixtures that start a server or a Ray node, or train models: a test that uses one (directly or through
+# another fixture) is in the slow tier whether or not it says so, so ``-m "not slow"`` is the quick tier
+# of in-process checks (docs/TESTING.md).
+SLOW_FIXTURES = frozenset({
+    "moto_endpoint", "ray_cluster", "mlflow_server", "postgres", "two_nodes", "token_head", "generators",
+})  # fmt: skip
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 _PORTS_GIVEN: set[int] = set()
 
 

@@ -9,7 +9,8 @@ from mlflow import MlflowClient
 
 from tests.train.test_dvc_train import BIN, sh, tiny_project
 
-pytestmark = pytest.mark.slow
+# three trainings and two evaluations in one test: more than the suite's default per-test limit on a busy machine
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def exp_rows(shown: list) -> dict[str, dict]:
@@ -44,7 +45,7 @@ def test_temp_and_queued_experiments_track_into_the_project_and_show_their_own_m
     clone = tmp_path / "clone"
     env = tiny_project(clone, sample_grid=0)
     sh(["git", "init", "-q"], clone, env)
-    sh([str(BIN / "dvc"), "repro", "evaluate"], clone, env, timeout=600)
+    sh([str(BIN / "dvc"), "repro", "evaluate"], clone, env, timeout=900)
     sh(["git", "add", "-A"], clone, env)
     sh(["git", "commit", "-q", "-m", "baseline: prepare, train, evaluate"], clone, env)
 

@@ -4,7 +4,7 @@
     python benchmarks/bench_evaluate.py --before main --limit 64 --repeats 1 --out /tmp/e.json   # quicker
 
 Needs the default pipeline's outputs in this checkout (``dvc repro train``: the prepare test shards and
-``models/generator.pt``). Each measurement runs ``components.evaluation.evaluate`` in its own process on
+``models/generator.pt``). Each measurement runs ``components.evaluation.scoring.evaluate`` in its own process on
 the same model and test images, from this tree ("after", ``evaluate.batch_size`` images per network
 batch) and from ``--before`` (the code at that revision, extracted to a temporary folder: one image at a
 time). The two alternate, so both see the same machine load; the load average is recorded beside each.
@@ -36,10 +36,10 @@ def one(tree: str, limit: int | None, batch_size: int) -> dict:
 
     import torch
 
-    from components import evaluation
     from components.checkpoint import load_generator
     from components.config import load_params
-    from components.predictor import Predictor
+    from components.evaluation import scoring as evaluation
+    from components.inference.predictor import Predictor
     from components.storage import Store
 
     params = load_params(Path(tree) / "params.yaml")  # the tree's own keys; paths relative to this checkout

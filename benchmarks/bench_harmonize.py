@@ -6,7 +6,7 @@
     python benchmarks/bench_harmonize.py --before <rev> --methods affine poly2 --no-quality   # side by side
 
 Latency: each (size, method) runs in its own process (so peak RSS is that method's at that size), through
-``components.predictor.Predictor`` with the default-profile generator (params.yaml model.generator at
+``components.inference.predictor.Predictor`` with the default-profile generator (params.yaml model.generator at
 prepare.image_size, random weights: the cost does not depend on the weights), after one warm-up call whose
 output is checked: background (mask 0) byte-identical to the input, the object changed. ``--before``
 times a git revision's code the same way, size by size beside this tree's, so both see the same load
@@ -55,9 +55,9 @@ def latency_one(size: int, method: str, repeats: int, tree: Path = REPO) -> dict
     import torch
 
     from components.config import load_params
+    from components.inference.predictor import Predictor
     from components.models.init import init_weights
     from components.models.registry import build_model
-    from components.predictor import Predictor
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -135,7 +135,7 @@ def quality(n_photos: int, full: int = 1024) -> dict:
     """fMSE at full resolution and sharpness, per method, with an oracle and with a trained RainNet."""
     from PIL import Image
 
-    from components.predictor import MAPPINGS, Predictor
+    from components.inference.predictor import MAPPINGS, Predictor
     from tests.serve import helpers
 
     Oracle = helpers.Oracle

@@ -8,7 +8,7 @@ Without ``--authors`` it says so and stops (exit 0): the equivalence needs their
 Equivalence: their ``RainNet`` (imported from the given folder, ``models/networks.py``) gets random
 weights (convs N(0, 0.02) as their ``init_weights``, RAIN affine parameters N(0, 0.3) so the layers do
 something), is saved as their state dict and brought in by the product's importer
-(``components.authors_import.load_authors``); both networks then harmonize the same random composites
+(``components.stages.import_model.load_authors``); both networks then harmonize the same random composites
 and masks in eval mode: their ``processImage(comp, mask)`` against our ``forward(comp, mask)``, max abs
 difference on [-1, 1] (target <= 1e-5), at 256 and 512 with the published layout (3 input channels), and
 at 256 with 4 (composite + mask).
@@ -78,7 +78,7 @@ def inputs(size: int, seed: int):
 def equivalence(authors: Path, size: int, input_nc: int, seed: int = 0) -> dict:
     import torch
 
-    from components.authors_import import load_authors
+    from components.stages.import_model import load_authors
 
     theirs = their_network(authors, input_nc)
     randomize(theirs, seed)
@@ -106,8 +106,8 @@ def write_imported_generator(authors: Path, path: Path) -> dict:
     """Random authors weights through the importer, saved as the product's generator file."""
     import torch
 
-    from components.authors_import import load_authors
     from components.checkpoint import save_generator
+    from components.stages.import_model import load_authors
 
     theirs = their_network(authors, 3)
     randomize(theirs, 1)
@@ -135,7 +135,7 @@ def latency_child(generator: str, size: int, repeats: int) -> dict:
 
     import torch
 
-    from components.predictor import Predictor
+    from components.inference.predictor import Predictor
 
     torch.set_num_threads(2)
     predictor = Predictor.from_uri(generator, device="cpu")

@@ -71,7 +71,7 @@ def load_split(root: str, dataset: str, split: str, low: int, pool) -> dict[str,
 
 
 def fmse_np(out: np.ndarray, real: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    from components import metrics as M
+    from components.evaluation import metrics as M
 
     return np.asarray(M.batch_metrics(out, real, mask.astype(np.float32))["fmse"], dtype=np.float64)
 

@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from components.data import images  # noqa: E402
-from components.predictor import Predictor  # noqa: E402
-from components.showcase import Row, showcase_png  # noqa: E402
+from components.evaluation.showcase import Row, showcase_png  # noqa: E402
+from components.inference.predictor import Predictor  # noqa: E402
 from components.storage import Store  # noqa: E402
 
 

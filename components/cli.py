@@ -9,16 +9,14 @@ import re
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from components.config import ConfigError, Params, flatten, load_params
+from components.config import ConfigError, Params, flatten, load_params, params_from_dict
+from components.errors import UserError
 
 # Loggers that talk at INFO about their own start-up (database migrations, connection pools): quiet
 # unless something goes wrong.
 QUIET_LOGGERS = ("alembic", "mlflow", "urllib3", "botocore", "boto3", "filelock", "numexpr")
-
-
-class UserError(RuntimeError):
-    """An error the user can fix (bad input file, bad params): printed without a traceback, exit 2."""
 
 
 def plain(doc: str) -> str:
@@ -87,6 +85,13 @@ def add_tracking_uri(parser: argparse.ArgumentParser) -> None:
 
 
 def params_from_args(args: argparse.Namespace) -> Params:
+    return load_params(args.params, args.overrides, args.profile)
+
+
+def params_or_defaults(args: argparse.Namespace) -> Params:
+    """params.yaml when present; anyone with only a model file gets the defaults (plus ``-S`` overrides)."""
+    if args.params == "params.yaml" and not Path("params.yaml").is_file() and not args.profile:
+        return params_from_dict({}, args.overrides)
     return load_params(args.params, args.overrides, args.profile)
 
 

@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping, MutableMapping
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from components.cli import UserError
+from components.errors import UserError
 
 TRACKING_URI = "MLFLOW_TRACKING_URI"
 USERNAME = "MLFLOW_TRACKING_USERNAME"

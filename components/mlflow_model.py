@@ -25,7 +25,7 @@ import torch
 from components.checkpoint import HASH_TAG, MLFLOW_ARTIFACT
 
 if TYPE_CHECKING:
-    from components.predictor import Predictor
+    from components.inference.predictor import Predictor
 
 HASH_KEY = HASH_TAG  # run tag, logged-model tag and registered-version tag (tracking store only)
 MODEL_NAME = "model"  # artifact path / logged-model name inside the training run
@@ -39,7 +39,9 @@ class GeneratorModel:
         self.predictor = predictor
 
     def predict(self, model_input, params=None):
-        from components import serving_io  # the input contract, shared with the served model's clients
+        from components.inference import (
+            serving_io,  # the input contract, shared with the served model's clients
+        )
 
         composite, mask = serving_io.parse_input(model_input)
         images = self.predictor.predict_batch(composite, mask)
@@ -80,7 +82,7 @@ def _load_pyfunc(data_path: str, model_config=None) -> GeneratorModel:
     """MLflow's entry point (``loader_module``): the generator file checked against the tracking store,
     then loaded with ``weights_only``."""
     from components.checkpoint import check_file_hash, model_from_payload, parse_payload
-    from components.predictor import Predictor
+    from components.inference.predictor import Predictor
 
     path = Path(data_path)
     if path.is_dir():
@@ -96,7 +98,7 @@ def _load_pyfunc(data_path: str, model_config=None) -> GeneratorModel:
 
 def signature():
     """One uint8 tensor out, any batch and image size. The input is not declared: it takes two forms
-    (``components.serving_io``: uint8 arrays, or base64 image files), and a declared tensor input would
+    (``components.inference.serving_io``: uint8 arrays, or base64 image files), and a declared tensor input would
     make MLflow refuse the compact one before ``predict`` sees it; ``predict`` checks either form."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec

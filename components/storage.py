@@ -210,7 +210,7 @@ class Store:
         """Write, list and delete a probe file under ``uri`` (created when missing): a ``UserError``
         naming the root and what failed (a file where a folder should be, a read-only folder, a missing
         bucket), so a writer fails before its compute, not when it publishes."""
-        from components.cli import UserError
+        from components.errors import UserError
 
         uri = str(uri)
         self.check_bucket()
@@ -305,7 +305,7 @@ class Store:
             return
         from botocore.exceptions import BotoCoreError, ClientError
 
-        from components.cli import UserError
+        from components.errors import UserError
 
         bucket = _bucket_key(self.root)[0]
         try:

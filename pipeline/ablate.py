@@ -26,10 +26,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = base_parser(__doc__, "python -m pipeline.ablate", PARAMS)
     args_list = list(sys.argv[1:] if argv is None else argv)
     params = params_from_args(parser.parse_args(args_list))
-    from components.training.ablation import run
+    from components.stages import ablate  # torch, Ray and MLflow: after --help
 
     command = shlex.join(["python", "-m", "pipeline.ablate", *args_list])
-    out = run(params, command=command)
+    out = ablate.run(params, command=command)
     failed = [r["variant"] for r in out["rows"] if r["status"] not in ("FINISHED", "STOPPED")]
     stopped = [r["variant"] for r in out["rows"] if r["status"] == "STOPPED"]
     print(

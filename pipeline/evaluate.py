@@ -12,7 +12,7 @@ summary, ``paper_*`` metrics overall and per subset). The network runs on batche
 The evaluation is an MLflow run in ``evaluate.experiment``, tagged with the model's training run id
 (``model_run_id``); its metrics are ``test_mse`` ... ``test_fpsnr`` overall, ``test_fmse.<subset>`` and
 ``test_fmse.fg_0-5`` per group, and ``composite_*`` for the unharmonized baseline. The work is
-``components.evaluation_run``.
+``components.stages.evaluate``.
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_tracking_uri(parser)
     args = parser.parse_args(argv)
     params = params_from_args(args)
-    from components import evaluation_run, tracking  # torch and MLflow: after --help
+    from components import tracking  # torch and MLflow: after --help
+    from components.stages import evaluate
 
     tracking.configure(args.tracking_uri)
-    summary = evaluation_run.run(params)
+    summary = evaluate.run(params)
     o, c = summary["harmonized"]["overall"], summary["composite"]["overall"]
     log.info(
         "fMSE %.2f (composite %.2f), PSNR %.2f (composite %.2f); MLflow run %s",

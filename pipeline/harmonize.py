@@ -6,32 +6,23 @@
 
 The network runs at its training size; its colour transform (``affine`` / ``pct`` heads), or a colour
 mapping fitted to its output (``image`` head), carries the result to full resolution
-(``components.predictor``), so the background stays pixel-identical and the foreground sharp.
+(``components.inference.predictor``), so the background stays pixel-identical and the foreground sharp.
 Exit status: 0 all written; 2 bad input or params (one image: nothing written); 1 batch mode skipped
 some pairs (every good pair is still written, each bad one reported on stderr with its reason).
 Outputs are written to a temporary name and renamed, so no half-written image is ever left behind;
 an output file that already exists is refused (exit 2, nothing written) unless ``--overwrite``.
 A ``runs:/`` or ``models:/`` model is read from ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else
 the project's ``mlruns.db`` (an error outside a project: no empty database is created). The file work
-is ``components.harmonize_files``.
+is ``components.stages.harmonize``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
-from components.cli import UserError, add_tracking_uri, base_parser, run_cli
-from components.config import Params, load_params, params_from_dict
+from components.cli import add_tracking_uri, base_parser, params_or_defaults, run_cli
 
 PARAMS = ("harmonize",)
-
-
-def load_cli_params(args) -> Params:
-    """params.yaml when present; anyone with only a model file gets the defaults (plus ``-S`` overrides)."""
-    if args.params == "params.yaml" and not Path("params.yaml").is_file() and not args.profile:
-        return params_from_dict({}, args.overrides)
-    return load_params(args.params, args.overrides, args.profile)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.harmonize") -> int:
@@ -46,17 +37,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.harm
     args = parser.parse_args(argv)
     if args.model:
         args.overrides.append(f"harmonize.model={args.model}")
-    cfg = load_cli_params(args).harmonize
-    from components.harmonize_files import harmonize_folder, harmonize_pair  # torch: after --help
-    from components.predictor import MAPPINGS
+    params = params_or_defaults(args)
+    from components.stages import harmonize  # torch: after --help
 
-    if len(args.inputs) not in (1, 2):
-        raise UserError("give COMPOSITE MASK (one image) or one FOLDER (batch mode)")
-    if cfg.mapping not in MAPPINGS:
-        raise UserError(f"harmonize.mapping={cfg.mapping!r}: expected one of {list(MAPPINGS)}")
-    if len(args.inputs) == 2:
-        return harmonize_pair(*args.inputs, args.output, cfg, args.tracking_uri, overwrite=args.overwrite)
-    return harmonize_folder(args.inputs[0], args.output, cfg, args.tracking_uri, overwrite=args.overwrite)
+    return harmonize.run(params, args.inputs, args.output, args.tracking_uri, overwrite=args.overwrite)
 
 
 def cli(argv: Sequence[str] | None = None) -> None:

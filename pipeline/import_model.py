@@ -10,7 +10,7 @@ one line naming the first key or the reason, exit status 2, and nothing register
 fits becomes an MLflow run in ``harmonization-import`` (params: source format, file sha256, ngf, depth,
 image size) with the generator logged as the project's MLflow model, and a version of ``rainnet``
 tagged ``source=authors``. It becomes ``champion`` the usual way: ``evaluate`` it, then ``register``.
-The work is ``components.authors_import``.
+The work is ``components.stages.import_model``.
 """
 
 from __future__ import annotations
@@ -18,56 +18,40 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from pathlib import Path
 
 from components.cli import add_tracking_uri, plain, run_cli
+
+RAW = argparse.RawDescriptionHelpFormatter
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(  # no params.yaml: everything it needs is on the command line
-        prog="python -m pipeline.import_model",
-        description=plain(__doc__),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m pipeline.import_model", description=plain(__doc__), formatter_class=RAW
     )
     parser.add_argument("path", metavar="PATH", help="the checkpoint file (local path or s3://)")
     parser.add_argument("--format", required=True, choices=["rainnet-authors"], help="what the file is")
-    parser.add_argument(
-        "--image-size", type=int, default=256,
-        help="the size the network was trained at and runs at: 256 (net_G_last.pth) or 512 (default 256)",
-    )  # fmt: skip
+    parser.add_argument("--image-size", type=int, default=256, help="the size the network was trained at "
+                        "and runs at: 256 (net_G_last.pth) or 512 (default 256)")  # fmt: skip
     parser.add_argument("--ngf", type=int, default=64, help="filters of the first layer (published: 64)")
-    parser.add_argument(
-        "--input-nc", type=int, default=3, choices=[3, 4],
-        help="input channels: 3 (composite; the published models) or 4 (composite + mask)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--placement", default="rain-decoder",
-        help="their norm_type_indicator as a Table 1 name or I/R string (published: rain-decoder)",
-    )  # fmt: skip
+    parser.add_argument("--input-nc", type=int, default=3, choices=[3, 4], help="input channels: "
+                        "3 (composite; the published models) or 4 (composite + mask)")  # fmt: skip
+    parser.add_argument("--placement", default="rain-decoder", help="their norm_type_indicator as a "
+                        "Table 1 name or I/R string (published: rain-decoder)")  # fmt: skip
     parser.add_argument("--experiment", default="harmonization-import", help="MLflow experiment of the run")
     parser.add_argument("--model-name", default="rainnet", help="registered model (default rainnet)")
     parser.add_argument("--out", default=None, help="also write the result (version, run id) as JSON here")
     add_tracking_uri(parser)
     args = parser.parse_args(argv)
-    from components import authors_import, tracking  # torch and MLflow: after --help
-    from components.cli import UserError
-    from components.models.rainnet import resolve_placement
+    from components import tracking  # torch and MLflow: after --help
+    from components.stages import import_model
+    from components.storage import Store
 
-    try:
-        resolve_placement(args.placement)
-    except ValueError as exc:
-        raise UserError(f"--placement: {exc}") from None
     tracking.configure(args.tracking_uri)
-    result = authors_import.run(
-        args.path, args.format, args.image_size, args.ngf, args.input_nc, args.placement,
-        args.experiment, args.model_name,
-    )  # fmt: skip
+    result = import_model.run(args.path, args.format, args.image_size, args.ngf, args.input_nc,
+                              args.placement, args.experiment, args.model_name)  # fmt: skip
     text = json.dumps(result, indent=2) + "\n"
     if args.out:
-        tmp = Path(args.out).with_name(Path(args.out).name + ".tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        tmp.replace(args.out)
+        Store().write_bytes(args.out, text.encode())  # atomic: a temporary name, then a rename
     print(text, end="")
     return 0
 

@@ -7,7 +7,7 @@ The version gets the evaluation metrics, test set id, dataset card hash and plac
 model card (``reports/model_card.md``) as its description. New versions become ``challenger``; one
 becomes ``champion`` only when it strictly beats the champion on the same test set by ``register.metric``
 / ``register.mode`` (the champion is re-evaluated on this test set when its tags are for another one), and
-(``register.beat_composite``) also beats the unharmonized composite there (``components.promotion``).
+(``register.beat_composite``) also beats the unharmonized composite there (``components.evaluation.promotion``).
 Rerunning for the same training run registers nothing new. Writes ``register.out``.
 """
 
@@ -28,10 +28,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_tracking_uri(parser)
     args = parser.parse_args(argv)
     params = params_from_args(args)
-    from components import registration, tracking  # torch and MLflow: after --help
+    from components import tracking  # torch and MLflow: after --help
+    from components.stages import register
 
     tracking.configure(args.tracking_uri)
-    registration.run(params)
+    register.run(params)
     return 0
 
 

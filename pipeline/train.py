@@ -14,27 +14,19 @@ not scored this one yet: ``dvc exp run ... train`` shows no test numbers rather 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 from components.cli import base_parser, params_from_args, run_cli
 
 PARAMS = ("storage", "prepare.name", "prepare.card", "model", "train", "evaluate.model", "evaluate.summary_out")
 
-log = logging.getLogger("train")
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = base_parser(__doc__, "python -m pipeline.train", PARAMS)
     params = params_from_args(parser.parse_args(argv))
-    from components.training.launch import run
+    from components.stages import train  # torch and Ray: after --help
 
-    out = run(params)  # also writes the stage files, metrics/headline/train.json among them
-    if params.evaluate.model == params.train.weights_out:  # evaluate scores this file: its numbers are stale
-        from components import headline
-
-        if headline.drop_stale(params.evaluate.summary_out, out["run_id"]):
-            log.info("removed the test headline of the previous model (run evaluate for this one's)")
+    out = train.run(params)  # also writes the stage files, metrics/headline/train.json among them
     print(
         f"trained {out['train_key']} to epoch {out['epochs_done']}: val fMSE {out['val_fmse']:.2f} "
         f"(composite {out['composite']['val_fmse']:.2f}), PSNR {out['val_psnr']:.2f} dB "

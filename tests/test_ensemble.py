@@ -11,10 +11,10 @@ import torch
 
 from components.checkpoint import load_generator, save_generator
 from components.config import load_params
+from components.inference.predictor import Predictor
 from components.models import build_model, init_weights
 from components.models.ensemble import Ensemble, FlipAverage
 from components.models.heads import HEADS
-from components.predictor import Predictor
 from components.training import engine
 from tests.test_heads import FAMILIES, SIZE, batch, disc_mask, last_layer, perturb
 from tests.train.conftest import REPO, TINY

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from components.data.images import from_uint8, images_to_uint8, to_uint8
+from components.inference.predictor import Predictor
 from components.models import build_model, init_weights
 from components.models.heads import HEADS, apply_transform, head_channels, upsample_rows
-from components.predictor import Predictor
 
 SIZE = 32
 FAMILIES = {

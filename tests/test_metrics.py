@@ -1,4 +1,4 @@
-"""Metrics against hand-computed values (RAINNET.md section 5, conventions in components/metrics.py)."""
+"""Metrics against hand-computed values (RAINNET.md section 5, conventions in components/evaluation/metrics.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from mlflow.utils.validation import path_not_unique, validate_param_and_metric_name
 
-from components import metrics as M
+from components.evaluation import metrics as M
 
 
 def _tiny():

@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio
 
-from components import evaluation
 from components.data.images import encode_png
-from components.evaluation import Sample
+from components.evaluation import scoring as evaluation
+from components.evaluation.scoring import Sample
+from components.inference.predictor import Predictor
 from components.models import build_model, init_weights
-from components.predictor import Predictor
 
 SIZE = 32
 SHAPES = [(57, 83), (32, 32), (120, 96), (75, 75), (64, 40)]  # (height, width): mixed sizes in one batch

@@ -208,7 +208,7 @@ def test_what_a_training_run_shows_in_the_ui(project, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from components.training.mlflow_logging import RankZeroLogger, find_or_create_run
+    from components.tracking.training_log import RankZeroLogger, find_or_create_run
 
     uri = T.configure()
     params = Params()

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm import tqdm
 
-from components.cli import UserError
 from components.config import PrepareConfig
 from components.data import images, masks, synthesis
 from components.data.card import CardBuilder
@@ -43,6 +42,7 @@ from components.data.sources import (
     list_photos_masks,
     rng_for,
 )
+from components.errors import UserError
 from components.storage import Store
 
 log = logging.getLogger("prepare")

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 import pyarrow.parquet as pq
 
 from components import storage
-from components.cli import UserError
 from components.data.images import BadInput, decode_stored
 from components.data.shards import (
     SHARD_RE,
@@ -41,6 +40,7 @@ from components.data.shards import (
     dataset_dir,
     row_size,
 )
+from components.errors import UserError
 from components.storage import Store
 
 log = logging.getLogger(__name__)

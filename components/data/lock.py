@@ -27,7 +27,7 @@ import time
 import uuid
 
 from components import storage
-from components.cli import UserError
+from components.errors import UserError
 from components.storage import ConditionFailed, Store
 
 log = logging.getLogger(__name__)

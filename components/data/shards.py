@@ -22,8 +22,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from components import storage
-from components.cli import UserError
 from components.data import images
+from components.errors import UserError
 from components.storage import Store
 
 SCHEMA = pa.schema(

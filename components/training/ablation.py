@@ -38,15 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from components import tracking
-from components.cli import UserError
 from components.config import Params
+from components.errors import UserError
 from components.models.rainnet import PLACEMENTS, num_blocks_for, resolve_placement, slot_map
 from components.models.registry import allowed_arguments, build_model
 from components.storage import Store
-from components.training import launch, quiet, remote
+from components.tracking.training_log import training_dataset
+from components.training import launch
 from components.training.loop import FAULT_ENV
-from components.training.mlflow_logging import training_dataset
-from components.training.preflight import check_cluster_gpus, check_local_gpus
 
 log = logging.getLogger(__name__)
 
@@ -571,108 +570,7 @@ def absolute_paths(params: Params) -> Params:
     return p
 
 
-def run(params: Params, command: str = "python -m pipeline.ablate") -> dict[str, Any]:
-    """Plan, run the missing trials on Ray Tune, then write the table, Markdown and figures."""
-    from mlflow import MlflowClient
-
-    remote.check_shared(params.storage.root)  # a job's trials must track and checkpoint where kept
-    params = absolute_paths(params)
-    a = params.ablate
-    if a.max_concurrent_trials < 1:
-        raise UserError(f"ablate.max_concurrent_trials={a.max_concurrent_trials}: expected at least 1")
-    if a.trial_cpus <= 0:
-        raise UserError(f"ablate.trial_cpus={a.trial_cpus}: expected more than 0 (e.g. 0.1)")
-    inputs = launch.check_inputs(params)
-    variants = plan(params, inputs.image_size)
-    per_variant = {v.id: trial_params(params, v) for v in variants}
-    for v in variants:  # every trial's own checks before Ray starts (batch per worker, spec)
-        launch.check_inputs(per_variant[v.id])
-    probe = per_variant[variants[0].id]
-    epochs = probe.train.epochs + probe.train.decay_epochs
-    quiet.driver(local_ray=not os.environ.get("RAY_ADDRESS"))  # before Ray starts, as the train stage
-    if probe.train.use_gpu:  # before the parent MLflow run exists: a missing GPU leaves nothing RUNNING
-        check_local_gpus(probe.train, "ablate")
-        init_ray(params, probe)
-        check_cluster_gpus(probe.train, "ablate")
-    store, data_hash = inputs.store, inputs.dataset.content_hash
-    key = sweep_key(params, variants, data_hash)
-    uri = tracking.configure()
-    parent = find_or_create_parent(params, key, variants, data_hash)
-    log.info(
-        "sweep %s: %d distinct networks (%s), MLflow parent run %s",
-        key, len(variants), ", ".join(f"{v.id}={'+'.join(v.stands_for)}" for v in variants), parent,
-    )  # fmt: skip
-
-    done = child_runs(params, key)
-    todo = [v for v in variants if not is_finished(done.get(v.id), epochs, a.asha)]
-    skipped = [v.id for v in variants if v not in todo]
-    if skipped:
-        log.info("already finished, not rerun: %s", ", ".join(skipped))
-    fail = {s.strip() for s in os.environ.get(FAIL_ENV, "").split(",") if s.strip()}
-    errors: dict[str, str] = {}
-    stopped: set[str] = set()
-    reported: dict[str, list[dict]] = {}
-    if todo:
-        errors, stopped, reported = _tune(params, probe, key, parent, uri, todo, per_variant, fail, store)
-
-    # Results: every variant from its child run (curves per epoch), status from this run or before.
-    client = MlflowClient()
-    done = child_runs(params, key)
-    log_reported_epochs(uri, done, reported)
-    rows, histories = [], {}
-    composite = None
-    for v in variants:
-        run_ = done.get(v.id)
-        hist = curves(run_.info.run_id) if run_ is not None else []
-        histories[v.id] = hist
-        if v.id in errors:
-            status = "FAILED"
-            if run_ is None:  # failed before training started: still one failed child run
-                run_ = _failed_child(client, params, key, parent, v, errors[v.id])
-            else:
-                client.set_terminated(run_.info.run_id, status="FAILED")
-            client.set_tag(run_.info.run_id, "ablation_error", errors[v.id][:500])
-        elif run_ is not None and len(hist) >= epochs:
-            status = "FINISHED"  # also when ASHA's stop came after the last epoch had run anyway
-            if run_.info.status != "FINISHED":
-                client.set_terminated(run_.info.run_id, status="FINISHED")
-        elif v.id in stopped or (run_ is not None and run_.data.tags.get(STOPPED_TAG) == "asha"):
-            status = "STOPPED"
-            if run_ is not None:
-                client.set_terminated(run_.info.run_id, status="KILLED")
-                client.set_tag(run_.info.run_id, STOPPED_TAG, "asha")
-        else:
-            status = "INCOMPLETE"
-        for r in hist:
-            if composite is None and "val_composite_psnr" in r:
-                composite = {k: r[f"val_composite_{k}"] for k in ("psnr", "mse", "fmse")}
-        rows.append(result_row(v, status, hist, run_.info.run_id if run_ else "", errors.get(v.id, "")))
-
-    info = {
-        "sweep": sweep_name(params), "key": key, "parent_run_id": parent, "experiment": a.experiment,
-        "dataset": launch.dataset_name(params), "image_size": inputs.image_size, "epochs": epochs,
-        "seed": params.train.seed, "command": command,
-        "scheduler": (f"ASHA on val PSNR (grace period {a.asha_grace_period} epoch(s), reduction factor "
-                      f"{a.asha_reduction_factor}); STOPPED variants were cut early") if a.asha
-        else "none (every variant runs all epochs)",
-    }  # fmt: skip
-    write_csv(a.csv_out, rows, store)
-    store.write_bytes(a.md_out, markdown(rows, info, composite).encode())
-    store.write_bytes(a.figure_out, figures(variants, histories))
-    paths = [a.figure_out]
-    for path in (a.csv_out, a.md_out, *paths):
-        if "://" not in path:
-            client.log_artifact(parent, path, "ablation")
-    for r in rows:
-        if "best_psnr" in r:
-            client.log_metric(parent, f"best_val_psnr.{r['variant']}", float(r["best_psnr"]))
-    n_failed = sum(r["status"] == "FAILED" for r in rows)
-    client.set_tag(parent, "failed_variants", str(n_failed))
-    client.set_terminated(parent, status="FINISHED" if n_failed == 0 else "FAILED")
-    return {**info, "rows": rows, "skipped": skipped, "figure": a.figure_out}
-
-
-def _failed_child(client, params: Params, key: str, parent: str, v: Variant, error: str):
+def failed_child(client, params: Params, key: str, parent: str, v: Variant, error: str):
     exp = tracking.get_or_create_experiment(params.ablate.experiment, client)
     tags = {"mlflow.parentRunId": parent, CHILD_TAG: key, VARIANT_TAG: v.id, "ablation_type": v.type}
     run = client.create_run(exp.experiment_id, run_name=v.id, tags=tags)
@@ -680,7 +578,7 @@ def _failed_child(client, params: Params, key: str, parent: str, v: Variant, err
     return client.get_run(run.info.run_id)
 
 
-def _tune(
+def tune_trials(
     params: Params, probe: Params, key: str, parent: str, uri: str, todo: list[Variant],
     per_variant: dict[str, Params], fail: set[str], store: Store,
 ) -> tuple[dict[str, str], set[str]]:  # fmt: skip
@@ -754,8 +652,8 @@ def log_reported_epochs(tracking_uri: str, runs: dict[str, Any], reported: dict[
     """Log to each child run the epochs its trial reported (so checkpointed) but did not log: a worker
     checkpoints an epoch before it logs it, and a trial that ASHA stops is killed right after a report,
     possibly before rank 0 logged that epoch. Through the workers' own logger: never an epoch twice."""
+    from components.tracking.training_log import RankZeroLogger
     from components.training.loop import epoch_values
-    from components.training.mlflow_logging import RankZeroLogger
 
     for vid, records in reported.items():
         run_ = runs.get(vid)

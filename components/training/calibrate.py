@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from components import metrics as M
+from components.evaluation import metrics as M
 from components.models.heads import apply_transform
 from components.models.rainnet import paste_back
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from components import metrics as M
+from components.evaluation import metrics as M
 from components.models import losses
 from components.models.init import init_weights
 from components.models.registry import build_model

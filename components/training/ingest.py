@@ -45,7 +45,7 @@ def check_cpus(t) -> None:
         return
     import ray
 
-    from components.cli import UserError
+    from components.errors import UserError
 
     have, workers = float(ray.cluster_resources().get("CPU", 0)), t.num_workers * t.cpus_per_worker
     if have < workers + 1:

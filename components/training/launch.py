@@ -1,9 +1,8 @@
-"""Training as a function (``train(params) -> TrainResult``) and the ``train`` stage around it (``run``).
+"""Training as a function: ``train(params) -> TrainResult``.
 
 ``train`` checks the inputs, finds or creates the MLflow run and fits a TorchTrainer on the Ray that is
-already up; it writes no file of the working tree, so the ``train`` stage and every ablation trial
-(``components/training/ablation.py``) call the same function. ``run`` is the stage: ``ray.init``, then
-``train``, then the files DVC tracks.
+already up; it writes no file of the working tree, so the ``train`` stage (``components/stages/train.py``:
+``ray.init``, then ``train``, then the files DVC tracks) and every ablation trial call the same function.
 
 Runs locally (``ray.init()`` starts a Ray sized to the job) or against a cluster (``RAY_ADDRESS``, also
 set by ``ray job submit``). Where things go:
@@ -18,36 +17,31 @@ set by ``ray job submit``). Where things go:
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import os
 import re
 import socket
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components import headline, storage, tracking
-from components.checkpoint import MLFLOW_ARTIFACT, save_generator
-from components.cli import UserError
+from components import storage, tracking
 from components.config import Params
 from components.data.dataset import Dataset, open_dataset
+from components.errors import UserError
 from components.models import losses
 from components.storage import Store
-from components.training import engine, ingest, quiet, remote
-from components.training.loop import FAULT_ENV, STATE_FILE, newest_state, train_loop_per_worker
-from components.training.mlflow_logging import (
+from components.tracking.training_log import (
     RETRY_ENV,
     find_or_create_run,
     retry_env,
     tracking_errors,
     training_dataset,
 )
-from components.training.preflight import check_cluster_gpus, check_local_gpus
+from components.training import engine, ingest, quiet
+from components.training.loop import STATE_FILE, newest_state, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +63,7 @@ FORWARD_ENV = (
 FORWARD_ENV_PREFIXES = ("HARMONIZE_",)  # the project's own switches (fault drills, photo index)
 # Never forwarded, whatever the lists above say: names that hold credentials.
 SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|PRIVATE|AUTH", re.I)
-CSV_COLUMNS = (
-    "epoch", "step", "val_mse", "val_psnr", "val_fmse", "val_fpsnr",
-    "composite_mse", "composite_psnr", "composite_fmse", "composite_fpsnr",
-    "lr", "images_per_s", "epoch_time_s",
-)  # fmt: skip
+
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,55 +255,6 @@ def make_trainer(
             logging_config=quiet.train_logging(),  # Ray Train's per-report INFO lines off the console
         ),
     )
-
-
-# --------------------------------------------------------------------------------------------------
-# Outputs
-# --------------------------------------------------------------------------------------------------
-
-
-def epochs_csv(history: list[dict]) -> bytes:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
-    return buf.getvalue().encode()
-
-
-def summary(history: list[dict], model_epoch: int | None = None, **info: Any) -> dict[str, Any]:
-    """The run's DVC metrics: the validation metrics of the epoch whose model was kept."""
-    last = next((r for r in history if r["epoch"] == model_epoch), history[-1])
-    out = dict(info)
-    out["epochs_done"] = history[-1]["epoch"]
-    out["model_epoch"] = last["epoch"]
-    out["global_step"] = last["step"]
-    for k in ("val_mse", "val_psnr", "val_fmse", "val_fpsnr"):
-        out[k] = round(float(last[k]), 6)
-    out["composite"] = {
-        k: round(float(last[f"composite_{k[4:]}"]), 6)
-        for k in ("val_mse", "val_psnr", "val_fmse", "val_fpsnr")
-    }
-    out["fmse_vs_composite"] = round(float(last["val_fmse"]) / max(float(last["composite_fmse"]), 1e-12), 6)
-    out["images_per_s"] = round(float(sum(r["images_per_s"] for r in history) / len(history)), 3)
-    return out
-
-
-def log_final_model(run_id: str, generator_file: str, image_size: int, epoch: int) -> str:
-    """Log the generator as the run's MLflow model once per final epoch; returns ``runs:/<id>/model``."""
-    from mlflow import MlflowClient
-
-    from components.mlflow_model import MODEL_NAME, log_generator_model
-
-    client = MlflowClient()
-    if client.get_run(run_id).data.tags.get("model_epoch") != str(epoch):
-        with tempfile.TemporaryDirectory() as tmp:
-            local = Path(tmp, MLFLOW_ARTIFACT)
-            local.write_bytes(Path(generator_file).read_bytes())
-            log_generator_model(local, image_size, run_id=run_id)
-        client.set_tag(run_id, "model_epoch", str(epoch))
-    client.set_terminated(run_id, status="FINISHED")
-    return f"runs:/{run_id}/{MODEL_NAME}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -547,109 +488,3 @@ def train(
         checkpoint=store.uri("ray", key),
         tags=run_tags,
     )
-
-
-# --------------------------------------------------------------------------------------------------
-# The train stage
-# --------------------------------------------------------------------------------------------------
-
-
-def calibrate_strength(
-    params: Params, res: TrainResult, model: Any, val_uris: list[str], store: Store
-) -> tuple[dict, dict[str, float]]:
-    """``(spec, summary entries)``: ``train.calibrate`` on a transform head fits the strength of its
-    correction on the val split (calibrate.py) and puts it in the spec; otherwise the spec as trained."""
-    from torch.utils.data import DataLoader
-
-    from components.data.shards import ShardDataset
-    from components.training.calibrate import fit_strength
-
-    if not params.train.calibrate or model.head.head == "image":
-        return res.spec, {}
-    val = ShardDataset(val_uris, store=store, shuffle=False, even=False, image_size=res.image_size)
-    strength, table = fit_strength(model, DataLoader(val, batch_size=64, num_workers=0))
-    log.info(
-        "strength %.2f fitted on the val split: val fMSE %.2f (%.2f as trained)",
-        strength,
-        table[strength],
-        table[1.0],
-    )
-    from mlflow import MlflowClient
-
-    client = MlflowClient()  # metrics, not params: a rerun of a finished training fits it again
-    client.log_metric(res.run_id, "strength", strength)
-    client.log_metric(res.run_id, "val_fmse_calibrated", table[strength])
-    entries = {"strength": strength, "val_fmse_calibrated": round(table[strength], 6)}
-    return {**res.spec, "strength": strength}, entries
-
-
-def write_outputs(
-    params: Params, res: TrainResult, store: Store, val_uris: list[str] | None = None
-) -> dict[str, Any]:
-    """The stage files, through the stage's store: ``train.weights_out`` (also the run's MLflow model),
-    the epochs CSV, the summary JSON (returned) and its headline numbers. With ``val_uris`` a transform
-    head's strength is fitted on them first (``train.calibrate``)."""
-    t = params.train
-    model = engine.build_model(res.spec)
-    model.load_state_dict(res.generator_state, strict=True)
-    spec, calibration = (
-        calibrate_strength(params, res, model, val_uris, store) if val_uris else (res.spec, {})
-    )
-    if spec is not res.spec:
-        model = engine.build_model(spec)
-        model.load_state_dict(res.generator_state, strict=True)
-    meta = {
-        "run_id": res.run_id,
-        "train_key": res.train_key,
-        "dataset": res.dataset,
-        "dataset_hash": res.dataset_hash,
-        "placement": res.tags.get("placement", "none"),
-        "epoch": res.model_epoch,
-        "epochs_trained": res.epochs_done,
-    }
-    save_generator(t.weights_out, model, spec, res.image_size, meta, store)
-    model_uri = log_final_model(res.run_id, t.weights_out, res.image_size, res.model_epoch)
-    store.write_bytes(t.plots_out, epochs_csv(res.history))
-    out = summary(
-        res.history,
-        run_id=res.run_id,
-        run_name=res.run_name,
-        train_key=res.train_key,
-        experiment=res.experiment,
-        model_uri=model_uri,
-        dataset=res.dataset,
-        dataset_hash=res.dataset_hash,
-        image_size=res.image_size,
-        checkpoint=res.checkpoint,
-        model_epoch=res.model_epoch,
-        **calibration,
-    )
-    store.write_bytes(t.metrics_out, (json.dumps(out, indent=2, sort_keys=True) + "\n").encode())
-    headline.write(headline.path_for(t.metrics_out), headline.train(out), store)
-    return out
-
-
-def run(params: Params) -> dict[str, Any]:
-    """The ``train`` stage: train (or resume) as ``params`` say on a local Ray (or ``RAY_ADDRESS``), then
-    write the stage files; returns the summary written to ``train.metrics_out``."""
-    remote.check_shared(params.storage.root)  # a job's runs must land where they are kept
-    inputs = check_inputs(params)  # before Ray starts: a missing dataset or a bad spec fails in a second
-    check_local_gpus(params.train)
-    forwarded_env()  # a URL with credentials in it is refused before Ray starts
-    quiet.driver(local_ray=not os.environ.get("RAY_ADDRESS"))
-    os.environ.update(retry_env())  # before a local Ray starts: its workers inherit the budget
-    init_ray(params)
-    check_cluster_gpus(params.train)  # before the MLflow run exists: none is left RUNNING
-    ingest.check_cpus(params.train)  # train.reader=ray_data: a CPU beside the workers
-    res = train(params, inputs=inputs)
-    try:
-        out = write_outputs(params, res, inputs.store, inputs.val_uris)
-    except tracking_errors() as exc:
-        raise UserError(
-            f"training {res.train_key} is done and checkpointed under {res.checkpoint}, but MLflow at "
-            f"{tracking.tracking_uri()} does not answer ({str(exc).splitlines()[0][:200]}): the model is "
-            "not logged. Rerun the same command once MLflow answers: the training is not repeated"
-        ) from None
-    if os.environ.get(FAULT_ENV):
-        log.warning("%s is set: fault injection was active", FAULT_ENV)
-    return out

@@ -35,8 +35,8 @@ from components.checkpoint import newest_intact, write_with_hash
 from components.data.shards import ShardDataset
 from components.progress import Progress
 from components.storage import Store
+from components.tracking.training_log import RankZeroLogger
 from components.training import cuda, engine, figures, ingest, quiet
-from components.training.mlflow_logging import RankZeroLogger
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from components.cli import UserError
+from components.errors import UserError
 
 
 def _require(t, section: str, have: float, where: str, fix: str) -> None:

@@ -15,7 +15,7 @@ import os
 from urllib.parse import urlparse
 
 from components import storage, tracking
-from components.cli import UserError
+from components.errors import UserError
 
 log = logging.getLogger(__name__)
 

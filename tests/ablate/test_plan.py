@@ -6,8 +6,8 @@ import csv
 
 import pytest
 
-from components.cli import UserError
 from components.config import ConfigError, load_params
+from components.errors import UserError
 from components.models import build_model
 from components.models.rainnet import PLACEMENTS
 from components.training import ablation

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from components.cli import UserError
+from components.errors import UserError
 from components.training import remote
 from tests.train.conftest import REPO, project_dir
 

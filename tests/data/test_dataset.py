@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from components.cli import UserError
 from components.config import load_params
 from components.data.dataset import DatasetError, open_dataset
-from components.evaluation import shard_samples
+from components.errors import UserError
+from components.evaluation.scoring import shard_samples
 from components.storage import Store
 from components.training import launch
 from tests.prepare.conftest import REPO, SMALL, run_prepare

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from components import evaluation
 from components.data.images import encode_png
-from components.evaluation import Sample, iter_loaded, shard_samples
+from components.evaluation import scoring as evaluation
+from components.evaluation.scoring import Sample, iter_loaded, shard_samples
 from components.storage import Store
 from tests.prepare.conftest import SMALL, run_prepare
 

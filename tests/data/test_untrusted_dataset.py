@@ -23,7 +23,7 @@ from PIL import Image
 
 from components.data.dataset import DatasetError, open_dataset
 from components.data.shards import ShardDataset, ShardError
-from components.evaluation import shard_samples
+from components.evaluation.scoring import shard_samples
 from components.storage import Store
 from tests.prepare.conftest import run_prepare
 

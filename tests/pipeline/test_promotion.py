@@ -1,10 +1,10 @@
-"""The promotion rule (``components.promotion.decide``) without an MLflow server."""
+"""The promotion rule (``components.evaluation.promotion.decide``) without an MLflow server."""
 
 from __future__ import annotations
 
 import pytest
 
-from components.promotion import check, decide
+from components.evaluation.promotion import check, decide
 
 
 def unused() -> float:

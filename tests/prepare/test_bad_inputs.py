@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.cli import UserError, run_cli
+from components.cli import run_cli
+from components.errors import UserError
 from pipeline.prepare import main
 
 from .conftest import REPO, good_photos_masks, photo, polygon_mask, read_rows, run_prepare, save

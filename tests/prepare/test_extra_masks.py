@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from components.cli import UserError
+from components.errors import UserError
 
 from .conftest import good_photos_masks, png, read_rows, run_prepare
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from components.cli import UserError
 from components.data.dataset import open_dataset
-from components.evaluation import shard_samples
+from components.errors import UserError
+from components.evaluation.scoring import shard_samples
 from components.storage import Store
 from tests.prepare.conftest import REPO, run_prepare
 

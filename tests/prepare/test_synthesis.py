@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from components.cli import UserError
 from components.config import load_params
 from components.data import images, synthesis
 from components.data.build import prepare_dataset
+from components.errors import UserError
 from components.storage import Store
 
 from .conftest import REPO, SMALL, photo, png, polygon_mask, read_rows, run_prepare, save

@@ -18,12 +18,12 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
-from components import registry_mlflow as reg
 from components.checkpoint import HASH_TAG, CheckpointError, load_generator, save_generator
-from components.cli import UserError
 from components.config import load_params
-from components.evaluation_run import model_run_id
+from components.errors import UserError
 from components.mlflow_model import input_example, log_generator_model
+from components.stages.evaluate import model_run_id
+from components.tracking import registry as reg
 from components.training import engine
 from tests.train.conftest import REPO, TINY
 

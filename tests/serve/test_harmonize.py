@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.cli import UserError
-from components.predictor import ColourMapping, Predictor
+from components.errors import UserError
+from components.inference.predictor import ColourMapping, Predictor
 from pipeline import harmonize as cli
 from tests.serve import helpers
 from tests.serve.conftest import HARMONIZE_PHOTO_INDEX, REPO

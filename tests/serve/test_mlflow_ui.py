@@ -124,7 +124,7 @@ def test_compare_page_shows_test_fmse_and_sample_grids_side_by_side(registry_flo
     from mlflow import MlflowClient
     from PIL import Image
 
-    from components.training.mlflow_logging import LATEST_SAMPLES
+    from components.tracking.training_log import LATEST_SAMPLES
     from tests.serve.browser import Browser
 
     ARTIFACTS.mkdir(exist_ok=True)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from components import metrics
-from components.predictor import Predictor
+from components.evaluation import metrics
+from components.inference.predictor import Predictor
 from pipeline import evaluate
 from pipeline import harmonize as cli
 from tests.serve import helpers

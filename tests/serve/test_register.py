@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.registry_mlflow import better, registered_name
+from components.tracking.registry import better, registered_name
 from tests.serve.conftest import DATASET_HASH
 
 
@@ -79,7 +79,7 @@ def test_champion_loads_by_alias(registry_flow, tmp_path):
     """``models:/<name>@champion`` is a model the harmonizer and evaluate can use."""
     import numpy as np
 
-    from components.predictor import Predictor
+    from components.inference.predictor import Predictor
 
     h = Predictor.from_uri(f"models:/{registry_flow['name']}@champion")
     assert h.image_size == 32 and h.info["meta"]["run_id"] == registry_flow["runs"]["strong"]

@@ -1,6 +1,6 @@
-"""``python -m components.serving_io serve -m models:/rainnet@champion`` (MLflow's scoring app, as
+"""``python -m components.inference.serving_io serve -m models:/rainnet@champion`` (MLflow's scoring app, as
 ``mlflow models serve --env-manager local`` runs it, behind a nesting guard): the registry's champion
-answers an HTTP request (the README's curl body, ``components.serving_io``) with the harmonized image."""
+answers an HTTP request (the README's curl body, ``components.inference.serving_io``) with the harmonized image."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components import serving_io, tracking
-from components.predictor import Predictor
+from components import tracking
+from components.inference import serving_io
+from components.inference.predictor import Predictor
 from tests.conftest import BIN, _start, _stop, free_port, wait_http
 from tests.serve import helpers
 from tests.serve.conftest import REPO, log_training_run
@@ -59,7 +60,7 @@ def post(url: str, body: dict) -> tuple[int, dict]:
 
 def test_served_champion_returns_the_harmonized_image(champion_store, photos, photo_ids, tmp_path, capsys):
     port = free_port()
-    cmd = [str(BIN / "python"), "-m", "components.serving_io", "serve", "-m", "models:/rainnet@champion",
+    cmd = [str(BIN / "python"), "-m", "components.inference.serving_io", "serve", "-m", "models:/rainnet@champion",
            "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
     env = {"MLFLOW_TRACKING_URI": champion_store, "MLFLOW_REGISTRY_URI": champion_store,
            "PYTHONPATH": str(REPO)}  # fmt: skip
@@ -139,12 +140,12 @@ def _ports(text: str, command: str) -> set[int]:
 def test_readme_and_pipeline_summary_start_the_ui_and_the_server_on_different_ports():
     """Following the README and docs (and the summary ``make pipeline`` ends on) literally: ``mlflow ui`` and
     the model server run side by side, so they must not both want one port."""
-    from pipeline import summary
+    from components.stages import summary
     from tests.serve.conftest import REPO
 
     readme = "\n".join(f.read_text() for f in (REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))))
     tail = "\n".join(summary.lines({"run_id": "r"}, {}, {"name": "rainnet", "version": 1, "metric": "fmse",
                                    "value": 1.0, "promoted": True, "reason": "x", "champion_version": 1}))  # fmt: skip
     for text in (readme, tail):
-        ui, serve = _ports(text, "mlflow ui"), _ports(text, "components.serving_io serve")
+        ui, serve = _ports(text, "mlflow ui"), _ports(text, "components.inference.serving_io serve")
         assert ui and serve and not ui & serve, (ui, serve)

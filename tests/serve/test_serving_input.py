@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from components import serving_io
+from components.inference import serving_io
 
 
 def test_float_pixels_are_refused_not_cast_to_a_black_image():

@@ -9,8 +9,8 @@ import csv
 import pytest
 from mlflow import MlflowClient
 
-from components.cli import UserError
 from components.config import load_params
+from components.errors import UserError
 from components.training import launch
 from tests.train.conftest import REPO, TINY, run_train
 

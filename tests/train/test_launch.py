@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from components.checkpoint import load_generator, save_generator
-from components.cli import UserError
 from components.config import load_params
+from components.errors import UserError
+from components.stages import train as train_stage
 from components.storage import Store
 from components.training import engine, launch
 from tests.train.conftest import REPO, TINY, write_tiny_dataset
@@ -28,14 +29,14 @@ def test_too_little_data_for_a_batch_per_worker_fails_before_ray(tmp_path):
     write_tiny_dataset(str(tmp_path), n_train=6, n_val=2)
     p = params(f"storage.root={tmp_path}", "prepare.name=tiny", "train.num_workers=2")
     with pytest.raises(UserError, match="6 training rows cannot fill one batch of 4 per worker on 2 workers"):
-        launch.run(p)
+        train_stage.run(p)
 
 
 def test_bad_model_spec_is_a_user_error(tmp_path):
     write_tiny_dataset(str(tmp_path), n_train=8, n_val=2)
     p = params(f"storage.root={tmp_path}", "prepare.name=tiny", "model.generator.ngff=3")
     with pytest.raises(UserError, match="ngff"):
-        launch.run(p)
+        train_stage.run(p)
 
 
 def test_train_key_survives_more_epochs_but_not_another_lr():

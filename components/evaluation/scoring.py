@@ -2,9 +2,9 @@
 
 Two sources of test images: the ``prepare`` test shards, or any folder in the iHarmony4 layout (local or
 ``s3://``). Each image is harmonized by the ``Predictor`` at its native resolution (what ``harmonize``
-and the MLflow model return) and scored with ``components.metrics`` against the real image, next to
+and the MLflow model return) and scored with ``components.evaluation.metrics`` against the real image, next to
 the unharmonized composite. The paper's protocol (the RainNet authors' ``evaluate.py``:
-``components.paper_protocol``) is scored on the same images as separate columns (``paper_*``) and
+``components.evaluation.paper_protocol``) is scored on the same images as separate columns (``paper_*``) and
 tables; the two are never mixed in one number. The network runs on batches of images (any sizes: each
 meets the network at the network's size), once per protocol.
 """
@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from components import metrics, paper_protocol
 from components.data import iharmony4, images
 from components.data.images import InputError
+from components.evaluation import metrics, paper_protocol
 from components.storage import Store
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ def _scores(pred: np.ndarray, real: np.ndarray, mask: np.ndarray, prefix: str = 
 
 def score_batch(predictor, batch: list[tuple[Sample, tuple]]) -> list[dict]:
     """Per-image rows of a batch of (sample, (composite, mask, real)): native-resolution metrics of the
-    model and the composite, and ``paper_*`` (``components.paper_protocol``). The network runs once on
+    model and the composite, and ``paper_*`` (``components.evaluation.paper_protocol``). The network runs once on
     the batch for each protocol."""
     prepared = [predictor.prepare(comp, mask, name=sample.path) for sample, (comp, mask, _) in batch]
     native = predictor.finish(prepared)
@@ -210,7 +210,7 @@ def evaluate(predictor, samples: Iterable[Sample], progress: bool = True, batch_
 def showcase(predictor, samples: Iterable[Sample], count: int, label: str = "output") -> bytes:
     """PNG: the first ``count`` test images (by a hash of their path) as composite | mask | output | real,
     each at its native size through the predictor."""
-    from components.showcase import Row, showcase_png
+    from components.evaluation.showcase import Row, showcase_png
 
     chosen = heapq.nsmallest(count, samples, key=lambda s: hashlib.sha256(s.path.encode()).hexdigest())
     rows = [Row(s.path, *load_sample(s)) for s in chosen]
@@ -231,7 +231,7 @@ def _as(rows: list[dict], src: str, composite_src: str, fg: str = "") -> list[di
 
 def summaries(rows: list[dict]) -> dict[str, dict]:
     """``{"composite", "harmonized"}`` at native resolution, and ``"paper"``: the same pair by the
-    paper's protocol (``components.paper_protocol``), overall and per subset. The composite comes first."""
+    paper's protocol (``components.evaluation.paper_protocol``), overall and per subset. The composite comes first."""
     return {
         "composite": metrics.summarize(_as(rows, "composite_", "composite_")),
         "harmonized": metrics.summarize(_as(rows, "", "composite_")),

@@ -1,6 +1,6 @@
 """The promotion rule: does a newly evaluated model version become the ``champion``?
 
-Pure (no MLflow), so the rule is tested without a server; ``components.registration`` applies it.
+Pure (no MLflow), so the rule is tested without a server; ``components.stages.register`` applies it.
 A version is promoted only when it strictly beats the champion on the same test set (a tie keeps the
 champion) and, with ``beat_composite``, also beats the unharmonized composite there.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from components.registry_mlflow import Decision, better
+from components.tracking.registry import Decision, better
 
 METRICS = ("mse", "psnr", "fmse", "fpsnr")
 

@@ -14,10 +14,12 @@ from pathlib import Path
 import mlflow
 from PIL import Image
 
-from components import evaluation, headline, metrics, tracking
-from components.cli import UserError
+from components import headline, tracking
 from components.data.images import InputError
-from components.predictor import Predictor
+from components.errors import UserError
+from components.evaluation import metrics
+from components.evaluation import scoring as evaluation
+from components.inference.predictor import Predictor
 from components.storage import Store
 
 log = logging.getLogger("evaluate")

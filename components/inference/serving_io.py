@@ -15,11 +15,11 @@ size of its two files instead of ~15 MB of nested lists,
 
     {"inputs": {"composite_png": "<base64>", "mask_png": "<base64>"}}
 
-``python -m components.serving_io request composite.png mask.png`` writes a compact request (``--tensor``:
+``python -m components.inference.serving_io request composite.png mask.png`` writes a compact request (``--tensor``:
 the nested lists); ``... response answer.json out.png`` turns either answer back into a PNG (README,
 "Serving").
 
-``python -m components.serving_io serve -m models:/rainnet@champion -h 127.0.0.1 -p 5001`` is
+``python -m components.inference.serving_io serve -m models:/rainnet@champion -h 127.0.0.1 -p 5001`` is
 ``mlflow models serve --env-manager local`` (MLflow's own scoring app: the same endpoints and answers)
 behind a guard on the JSON's nesting depth. MLflow parses the body with ``json.loads`` before any model
 code runs and turns only ``JSONDecodeError`` into a 400; a body nested deeper than Python's recursion
@@ -246,7 +246,7 @@ def serve(model_uri: str, host: str = "127.0.0.1", port: int = 5001) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     from PIL import Image
 
-    parser = argparse.ArgumentParser(prog="python -m components.serving_io", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m components.inference.serving_io", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     req = sub.add_parser("request", help="write the JSON request for a composite and its mask to stdout")
     req.add_argument("composite")

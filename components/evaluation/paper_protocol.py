@@ -15,7 +15,7 @@ Facts of their code, reproduced here (not copied):
   the squared error summed over the foreground (all three channels) over ``3 x`` its pixel count, and
   ``10 log10(255^2 / fMSE)``. An empty mask at the network's size has no fMSE: 0 and ``inf`` (flagged).
 
-The native-resolution scores (``components.evaluation``) and these are never mixed in one number.
+The native-resolution scores (``components.evaluation.scoring``) and these are never mixed in one number.
 """
 
 from __future__ import annotations

@@ -372,7 +372,7 @@ class Predictor:
 
     def paper_protocol(self, composite: np.ndarray, mask: np.ndarray, name: str = "input") -> np.ndarray:
         """The network alone at its size in and out -> uint8 (S, S, 3) (the scores of the field's protocol
-        are ``components.paper_protocol``'s)."""
+        are ``components.evaluation.paper_protocol``'s)."""
         return self.predict_with_protocol(composite, mask, name)[1]
 
     # -- any size ------------------------------------------------------------------------------------

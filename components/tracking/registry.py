@@ -17,9 +17,9 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from components import metrics
 from components.checkpoint import HASH_TAG, CheckpointError, model_record, nonfinite_keys, read_payload
-from components.cli import UserError
+from components.errors import UserError
+from components.evaluation import metrics
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ def model_card(
             if head == "image"
             else "as a colour transform upsampled from that size, so the change is a smooth colour "
             "transform of the foreground"
-        ) + " (`components.predictor`): detail finer than the network's pixels is not relit.",
+        ) + " (`components.inference.predictor`): detail finer than the network's pixels is not relit.",
         "- Trained on synthesized composites (colour transfer / retouch of a real photo's object); real "
         "cut-and-paste composites differ in edges, scale and lighting, and are not measured here.",
         "- Metrics are on the test set above only; numbers on other data (e.g. iHarmony4 at 256x256) are "

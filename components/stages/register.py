@@ -1,5 +1,5 @@
 """The ``register`` stage's work: put the evaluated model in the MLflow Model Registry, apply the
-promotion rule (``components.promotion``) and move the ``champion`` / ``challenger`` aliases, write the
+promotion rule (``components.evaluation.promotion``) and move the ``champion`` / ``challenger`` aliases, write the
 model card and ``register.out``. ``pipeline/register.py`` is its command line.
 """
 
@@ -12,15 +12,15 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 
-from components import promotion
-from components import registry_mlflow as reg
-from components.cli import UserError
+from components.errors import UserError
+from components.evaluation import promotion
 from components.storage import Store
+from components.tracking import registry as reg
 
 log = logging.getLogger("register")
 
 
-def _read_json(path: str, what: str) -> dict:
+def read_json(path: str, what: str) -> dict:
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -33,9 +33,9 @@ def champion_value_on(evaluation: dict, champion, metric: str, params, store: St
     """The champion's overall metric on this evaluation's test set: from its tags, or re-evaluated."""
     if champion.tags.get("test_set") == evaluation["test_set"]:
         return reg.metric_from_tags(champion.tags, metric)
-    from components import evaluation as ev
     from components.checkpoint import load_generator
-    from components.predictor import Predictor
+    from components.evaluation import scoring as ev
+    from components.inference.predictor import Predictor
 
     log.info("champion v%s was scored on another test set; re-evaluating it on this one", champion.version)
     data = evaluation["data"]
@@ -60,7 +60,7 @@ def run(params) -> dict:
         promotion.check(cfg.metric, cfg.mode)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    evaluation = _read_json(cfg.eval_in, "evaluation summary")
+    evaluation = read_json(cfg.eval_in, "evaluation summary")
     run_id = evaluation.get("model_run_id")
     if not run_id:
         raise UserError(

@@ -1,7 +1,8 @@
-"""``harmonize``'s file work: one (composite, mask) pair or a folder of pairs in, harmonized PNGs out.
+"""The ``harmonize`` stage: one (composite, mask) pair or a folder of pairs in, harmonized images out.
 
-Finds pairs in the three folder layouts, refuses outputs that would overwrite an input, writes each
-output to a temporary name then renames it, and reports each skipped pair with its reason.
+``run`` takes what the command line gives (``COMPOSITE MASK`` or one ``FOLDER``). It finds pairs in the
+three folder layouts, refuses outputs that would overwrite an input, writes each output to a temporary
+name then renames it, and reports each skipped pair with its reason.
 ``pipeline/harmonize.py`` is its command line.
 """
 
@@ -13,14 +14,15 @@ import sys
 from pathlib import Path
 
 from components import storage, tracking
-from components.cli import UserError
-from components.config import HarmonizeConfig
+from components.config import HarmonizeConfig, Params
 from components.data.iharmony4 import IMAGE_EXTS, mask_and_real_names
 from components.data.images import InputError, encode_image
-from components.predictor import Predictor
+from components.errors import UserError
+from components.inference.predictor import Predictor
 from components.storage import Store
 
 log = logging.getLogger("harmonize")
+
 GROUP_PIXELS = 64_000_000  # full-resolution pixels held for one network batch when max_pixels is unset
 
 
@@ -216,3 +218,20 @@ def load(cfg: HarmonizeConfig, tracking_uri: str | None = None) -> Predictor:
         )
     except CheckpointError as exc:
         raise UserError(f"model {cfg.model}: {exc}{tracking.store_note(cfg.model)}") from None
+
+
+def run(
+    params: Params, inputs: list[str], output: str, tracking_uri: str | None = None, overwrite: bool = False
+) -> int:
+    """``inputs`` is ``[COMPOSITE, MASK]`` (one image into the file ``output``) or ``[FOLDER]`` (every pair
+    into the folder ``output``); the exit status: 0 all written, 1 some pairs skipped (batch mode)."""
+    from components.inference.predictor import MAPPINGS
+
+    cfg = params.harmonize
+    if len(inputs) not in (1, 2):
+        raise UserError("give COMPOSITE MASK (one image) or one FOLDER (batch mode)")
+    if cfg.mapping not in MAPPINGS:
+        raise UserError(f"harmonize.mapping={cfg.mapping!r}: expected one of {list(MAPPINGS)}")
+    if len(inputs) == 2:
+        return harmonize_pair(*inputs, output, cfg, tracking_uri, overwrite=overwrite)
+    return harmonize_folder(inputs[0], output, cfg, tracking_uri, overwrite=overwrite)

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from components.checkpoint import MLFLOW_ARTIFACT, save_generator, sha256_hex
-from components.cli import UserError
+from components.errors import UserError
 from components.models.authors_keys import AuthorsCheckpointError, convert, spec_for
-from components.models.rainnet import check_depth
+from components.models.rainnet import check_depth, resolve_placement
 from components.storage import Store
 
 log = logging.getLogger("import_model")
@@ -112,12 +112,16 @@ def run(
     import mlflow
     from mlflow import MlflowClient
 
-    from components import registry_mlflow as reg
     from components import tracking
     from components.mlflow_model import MODEL_NAME, log_generator_model
+    from components.tracking import registry as reg
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: known formats: {', '.join(FORMATS)}")
+    try:
+        resolve_placement(placement)
+    except ValueError as exc:
+        raise UserError(f"--placement: {exc}") from None
     imported = load_authors(path, image_size, ngf, input_nc, placement, store)  # fails before MLflow
     spec, digest = imported.spec, imported.sha256
     client = MlflowClient()

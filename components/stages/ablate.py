@@ -1,0 +1,124 @@
+"""The ``ablate`` stage: the RAIN placement ablations (and DIH vs DIH + RAIN) as one Ray Tune sweep.
+
+Plan the distinct networks, run the missing ones as Tune trials (each calls ``launch.train``), then
+write ``ablate.csv_out``, ``ablate.md_out`` and ``ablate.figure_out`` from the sweep's MLflow child runs.
+The plan, the trial function and the table are ``components/training/ablation.py``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from components import tracking
+from components.config import Params
+from components.errors import UserError
+from components.training import ablation, launch, quiet, remote
+from components.training.preflight import check_cluster_gpus, check_local_gpus
+
+log = logging.getLogger(__name__)
+
+
+def run(params: Params, command: str = "python -m pipeline.ablate") -> dict[str, Any]:
+    """Plan, run the missing trials on Ray Tune, then write the table, Markdown and figures."""
+    from mlflow import MlflowClient
+
+    remote.check_shared(params.storage.root)  # a job's trials must track and checkpoint where kept
+    params = ablation.absolute_paths(params)
+    a = params.ablate
+    if a.max_concurrent_trials < 1:
+        raise UserError(f"ablate.max_concurrent_trials={a.max_concurrent_trials}: expected at least 1")
+    if a.trial_cpus <= 0:
+        raise UserError(f"ablate.trial_cpus={a.trial_cpus}: expected more than 0 (e.g. 0.1)")
+    inputs = launch.check_inputs(params)
+    variants = ablation.plan(params, inputs.image_size)
+    per_variant = {v.id: ablation.trial_params(params, v) for v in variants}
+    for v in variants:  # every trial's own checks before Ray starts (batch per worker, spec)
+        launch.check_inputs(per_variant[v.id])
+    probe = per_variant[variants[0].id]
+    epochs = probe.train.epochs + probe.train.decay_epochs
+    quiet.driver(local_ray=not os.environ.get("RAY_ADDRESS"))  # before Ray starts, as the train stage
+    if probe.train.use_gpu:  # before the parent MLflow run exists: a missing GPU leaves nothing RUNNING
+        check_local_gpus(probe.train, "ablate")
+        ablation.init_ray(params, probe)
+        check_cluster_gpus(probe.train, "ablate")
+    store, data_hash = inputs.store, inputs.dataset.content_hash
+    key = ablation.sweep_key(params, variants, data_hash)
+    uri = tracking.configure()
+    parent = ablation.find_or_create_parent(params, key, variants, data_hash)
+    log.info(
+        "sweep %s: %d distinct networks (%s), MLflow parent run %s",
+        key, len(variants), ", ".join(f"{v.id}={'+'.join(v.stands_for)}" for v in variants), parent,
+    )  # fmt: skip
+
+    done = ablation.child_runs(params, key)
+    todo = [v for v in variants if not ablation.is_finished(done.get(v.id), epochs, a.asha)]
+    skipped = [v.id for v in variants if v not in todo]
+    if skipped:
+        log.info("already finished, not rerun: %s", ", ".join(skipped))
+    fail = {s.strip() for s in os.environ.get(ablation.FAIL_ENV, "").split(",") if s.strip()}
+    errors: dict[str, str] = {}
+    stopped: set[str] = set()
+    reported: dict[str, list[dict]] = {}
+    if todo:
+        errors, stopped, reported = ablation.tune_trials(
+            params, probe, key, parent, uri, todo, per_variant, fail, store
+        )
+
+    # Results: every variant from its child run (curves per epoch), status from this run or before.
+    client = MlflowClient()
+    done = ablation.child_runs(params, key)
+    ablation.log_reported_epochs(uri, done, reported)
+    rows, histories = [], {}
+    composite = None
+    for v in variants:
+        run_ = done.get(v.id)
+        hist = ablation.curves(run_.info.run_id) if run_ is not None else []
+        histories[v.id] = hist
+        if v.id in errors:
+            status = "FAILED"
+            if run_ is None:  # failed before training started: still one failed child run
+                run_ = ablation.failed_child(client, params, key, parent, v, errors[v.id])
+            else:
+                client.set_terminated(run_.info.run_id, status="FAILED")
+            client.set_tag(run_.info.run_id, "ablation_error", errors[v.id][:500])
+        elif run_ is not None and len(hist) >= epochs:
+            status = "FINISHED"  # also when ASHA's stop came after the last epoch had run anyway
+            if run_.info.status != "FINISHED":
+                client.set_terminated(run_.info.run_id, status="FINISHED")
+        elif v.id in stopped or (run_ is not None and run_.data.tags.get(ablation.STOPPED_TAG) == "asha"):
+            status = "STOPPED"
+            if run_ is not None:
+                client.set_terminated(run_.info.run_id, status="KILLED")
+                client.set_tag(run_.info.run_id, ablation.STOPPED_TAG, "asha")
+        else:
+            status = "INCOMPLETE"
+        for r in hist:
+            if composite is None and "val_composite_psnr" in r:
+                composite = {k: r[f"val_composite_{k}"] for k in ("psnr", "mse", "fmse")}
+        run_id = run_.info.run_id if run_ else ""
+        rows.append(ablation.result_row(v, status, hist, run_id, errors.get(v.id, "")))
+
+    info = {
+        "sweep": ablation.sweep_name(params), "key": key, "parent_run_id": parent,
+        "experiment": a.experiment,
+        "dataset": launch.dataset_name(params), "image_size": inputs.image_size, "epochs": epochs,
+        "seed": params.train.seed, "command": command,
+        "scheduler": (f"ASHA on val PSNR (grace period {a.asha_grace_period} epoch(s), reduction factor "
+                      f"{a.asha_reduction_factor}); STOPPED variants were cut early") if a.asha
+        else "none (every variant runs all epochs)",
+    }  # fmt: skip
+    ablation.write_csv(a.csv_out, rows, store)
+    store.write_bytes(a.md_out, ablation.markdown(rows, info, composite).encode())
+    store.write_bytes(a.figure_out, ablation.figures(variants, histories))
+    paths = [a.figure_out]
+    for path in (a.csv_out, a.md_out, *paths):
+        if "://" not in path:
+            client.log_artifact(parent, path, "ablation")
+    for r in rows:
+        if "best_psnr" in r:
+            client.log_metric(parent, f"best_val_psnr.{r['variant']}", float(r["best_psnr"]))
+    n_failed = sum(r["status"] == "FAILED" for r in rows)
+    client.set_tag(parent, "failed_variants", str(n_failed))
+    client.set_terminated(parent, status="FINISHED" if n_failed == 0 else "FAILED")
+    return {**info, "rows": rows, "skipped": skipped, "figure": a.figure_out}

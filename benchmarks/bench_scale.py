@@ -91,7 +91,8 @@ def reader_main(store_root: str) -> None:
     """One epoch of the train split at batch 11 (the training reader, no workers); prints JSON."""
     from torch.utils.data import DataLoader
 
-    from components.data.shards import ShardDataset, shard_uris
+    from components.data.dataset import shard_uris
+    from components.data.shards import ShardDataset
     from components.storage import Store
 
     store = Store(store_root)

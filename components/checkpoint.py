@@ -265,10 +265,13 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def write_with_hash(directory: str | Path, name: str, data: bytes) -> None:
-    """``<directory>/<name>`` and ``<name>.sha256`` (its hex digest) in a local folder."""
-    Path(directory, name).write_bytes(data)
-    Path(directory, name + HASH_SUFFIX).write_text(sha256_hex(data) + "\n")
+def write_with_hash(directory: str | Path, name: str, data: bytes, store: Store | None = None) -> None:
+    """``<directory>/<name>`` and ``<name>.sha256`` (its hex digest), each written atomically through the
+    ``Store`` (a local folder or ``s3://``); the hash last, so a file with a hash is a whole file."""
+    store = store or Store()
+    uri = storage.join(str(directory), name)
+    store.write_bytes(uri, data)
+    store.write_bytes(uri + HASH_SUFFIX, (sha256_hex(data) + "\n").encode())
 
 
 def read_verified(uri: str, store: Store | None = None, require_hash: bool = True) -> bytes:

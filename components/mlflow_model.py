@@ -93,7 +93,7 @@ def _load_pyfunc(data_path: str, model_config=None) -> GeneratorModel:
     payload = parse_payload(data, str(path))
     model = model_from_payload(payload, str(path))
     info = {k: v for k, v in payload.items() if k != "state_dict"}
-    return GeneratorModel(Predictor(model, int(payload["image_size"]), info=info))
+    return GeneratorModel(Predictor.from_generator(model, info))
 
 
 def signature():

@@ -350,3 +350,8 @@ def _shard(where: str, manifest_uri: str, manifest: dict, split: str, i: int, e:
             f"{version}/ (a relative path under it, without '..'); refusing to read it"
         )
     return Shard(storage.join(where, *parts), split, int(e["rows"]), int(e["bytes"]), str(e["sha256"]))
+
+
+def shard_uris(store: Store, dataset: str, split: str) -> list[str]:
+    """The shard URIs of one split of the published dataset, in order, from its verified manifest."""
+    return open_dataset(store, dataset).uris(split)

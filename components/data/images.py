@@ -284,12 +284,22 @@ def to_uint8(x):
 
 
 def from_uint8(x):
-    """uint8 0..255 -> float32 in [-1, 1] (``x / 127.5 - 1``), the exact inverse of ``to_uint8`` on levels."""
+    """uint8 0..255 -> float32 in [-1, 1] (``x * (1 / 127.5) - 1`` in float32), the inverse of ``to_uint8`` on
+    levels. The one scaling of the project: shards for training, batches for inference; a numpy result
+    is a new C-contiguous array (channel-first views in, contiguous arrays out)."""
     if _is_torch(x):
         import torch
 
-        return x.to(torch.float32) / 127.5 - 1.0
-    return (np.asarray(x).astype(np.float32) / np.float32(127.5) - np.float32(1.0)).astype(np.float32)
+        return x.to(torch.float32) * (1 / 127.5) - 1.0
+    y = np.array(x, dtype=np.float32, order="C")  # always a copy: scaled in place below
+    y *= 1 / 127.5
+    y -= 1.0
+    return y
+
+
+def foreground(mask: np.ndarray) -> np.ndarray:
+    """The one mask threshold: foreground where a 0..255 mask is at least 128 (50 %), as bool."""
+    return np.asarray(mask) >= 128
 
 
 def images_to_uint8(x) -> np.ndarray:
@@ -310,5 +320,5 @@ def batch_to_tensor(images: np.ndarray, masks: np.ndarray, device=None):
 
     x = from_uint8(torch.from_numpy(np.ascontiguousarray(images)).to(device)).permute(0, 3, 1, 2)
     m = np.asarray(masks)
-    m = m if m.dtype == bool else m >= 128
+    m = m if m.dtype == bool else foreground(m)
     return x.contiguous(), torch.from_numpy(np.ascontiguousarray(m)).to(device).float()[:, None]

@@ -137,13 +137,6 @@ class ShardWriter:
 # --------------------------------------------------------------------------------------------------
 
 
-def shard_uris(store: Store, dataset: str, split: str) -> list[str]:
-    """The shard URIs of one split of the published dataset, in order, from its verified manifest."""
-    from components.data.dataset import open_dataset
-
-    return open_dataset(store, dataset).uris(split)
-
-
 class ShardError(UserError):
     """A shard whose columns or rows are not what ``prepare`` writes (exit 2, shard and row named)."""
 
@@ -192,13 +185,9 @@ def decode_triplet(
         r8 = images.decode_stored(real, f"{where} real", size, "RGB")
     except images.BadInput as exc:
         raise ShardError(str(exc)) from None
-    comp = np.ascontiguousarray(c8.transpose(2, 0, 1), dtype=np.float32)
-    real_ = np.ascontiguousarray(r8.transpose(2, 0, 1), dtype=np.float32)
-    comp *= 1 / 127.5
-    comp -= 1.0
-    real_ *= 1 / 127.5
-    real_ -= 1.0
-    m = (m8 >= 128).astype(np.float32)[None]
+    comp = images.from_uint8(c8.transpose(2, 0, 1))
+    real_ = images.from_uint8(r8.transpose(2, 0, 1))
+    m = images.foreground(m8).astype(np.float32)[None]
     return comp, m, real_
 
 

@@ -334,9 +334,9 @@ def add_extra_masks(listing: SourceListing, n: int) -> None:
     listing.entries = out
 
 
-def _read_list(store: Store, uri: str) -> set[str]:
-    """Stems of a split list's composite names; empty when the list is absent."""
-    if not store.exists(uri):
+def _read_list(store: Store, uri: str | None) -> set[str]:
+    """Stems of a split list's composite names (``iharmony4.split_list_uri``); empty when it is absent."""
+    if uri is None:
         return set()
     return {PurePosixPath(name).stem for name in iharmony4.read_split_list(store, uri)}
 
@@ -363,8 +363,8 @@ def list_iharmony4(store: Store, path: str, subset_override: str | None, limit: 
             out.skipped += broken_links(storage.join(folder, sub))
         masks = {_stem(u): u for u in _images(store, storage.join(folder, iharmony4.MASKS))}
         reals = {_stem(u): u for u in _images(store, storage.join(folder, iharmony4.REALS))}
-        train = _read_list(store, storage.join(folder, f"{name}_train.txt"))
-        test = _read_list(store, storage.join(folder, f"{name}_test.txt"))
+        train = _read_list(store, iharmony4.split_list_uri(store, folder, name, "train", root=path))
+        test = _read_list(store, iharmony4.split_list_uri(store, folder, name, "test", root=path))
         methods = _read_methods(store, storage.join(folder, "methods.tsv"))
         out.description["subsets"][subset] = {"composites": len(comps), "lists": bool(train or test)}
         for uri in comps:

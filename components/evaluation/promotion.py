@@ -7,11 +7,21 @@ champion) and, with ``beat_composite``, also beats the unharmonized composite th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-
-from components.tracking.registry import Decision, better
+from dataclasses import dataclass, field
 
 METRICS = ("mse", "psnr", "fmse", "fpsnr")
+MODES = ("min", "max")
+
+
+@dataclass
+class Decision:
+    promoted: bool
+    reason: str
+    previous_champion: str | None = None
+    champion_value: float | None = None
+    aliases: list[str] = field(default_factory=list)
 
 
 def rule_text(metric: str, mode: str) -> str:
@@ -21,10 +31,26 @@ def rule_text(metric: str, mode: str) -> str:
 
 def check(metric: str, mode: str) -> None:
     """``ValueError`` naming the bad setting (``register.metric`` / ``register.mode``)."""
-    if mode not in ("min", "max"):
-        raise ValueError(f"register.mode={mode!r}: expected min or max")
+    check_mode(mode)
     if metric not in METRICS:
         raise ValueError(f"register.metric={metric!r}: not an evaluation metric ({', '.join(METRICS)})")
+
+
+def check_mode(mode: str) -> None:
+    """The one check of ``register.mode``: ``ValueError`` naming it unless ``min`` or ``max``."""
+    if mode not in MODES:
+        raise ValueError(f"register.mode={mode!r}: expected min or max")
+
+
+def better(new: float | None, old: float | None, mode: str) -> bool:
+    """Strict improvement of ``new`` over ``old`` (a tie keeps the champion; a non-finite ``new`` never
+    wins, a non-finite ``old`` always loses)."""
+    check_mode(mode)
+    if new is None or not math.isfinite(new):
+        return False
+    if old is None or not math.isfinite(old):
+        return True
+    return new < old if mode == "min" else new > old
 
 
 def decide(

@@ -61,14 +61,14 @@ def check_pair(
         mask = mask.astype(np.uint8) * 255
     elif mask.dtype != np.uint8:
         mask = np.clip(np.rint(np.asarray(mask, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
-    if not (mask > 127).any():
+    if not images.foreground(mask).any():
         raise InputError(f"{name}: empty mask (no foreground pixel above 127)")
     return composite, mask
 
 
 def area_fraction(mask: np.ndarray, size: int) -> np.ndarray:
     """Fraction of each low-resolution pixel covered by foreground (box filter), float32 (size, size)."""
-    m = Image.fromarray((mask > 127).astype(np.float32), mode="F")
+    m = Image.fromarray(images.foreground(mask).astype(np.float32), mode="F")
     return np.asarray(m.resize((size, size), Image.BOX), dtype=np.float32)
 
 
@@ -329,12 +329,22 @@ class Predictor:
         self.head = getattr(getattr(model, "head", None), "head", "image")
 
     @classmethod
-    def from_uri(cls, uri: str, device="auto", **kwargs) -> Predictor:
-        """Load a generator from a file, ``s3://``, ``runs:/<id>/model`` or ``models:/<name>@<alias>``."""
+    def from_uri(
+        cls, uri: str, device="auto", store: Store | None = None, image_size: int | None = None, **kwargs
+    ) -> Predictor:
+        """The one way a stage gets a predictor: the generator file at ``uri`` (a path, ``s3://`` through
+        ``store``, ``runs:/<id>/model`` or ``models:/<name>@<alias>``), checked and loaded by
+        ``components.checkpoint``; ``CheckpointError`` when it is not a generator file or fails its hash."""
         from components.checkpoint import load_generator
 
-        model, info = load_generator(uri, map_location="cpu")
-        return cls(model, int(info["image_size"]), device=device, info=dict(info), **kwargs)
+        model, info = load_generator(uri, map_location="cpu", store=store)
+        return cls.from_generator(model, info, device=device, image_size=image_size, **kwargs)
+
+    @classmethod
+    def from_generator(cls, model, info: dict, image_size: int | None = None, **kwargs) -> Predictor:
+        """A loaded generator and its file's info (``spec``, ``image_size``, ``meta``): at its training
+        size unless ``image_size``. The MLflow model's loader, which checks the file its own way, uses it."""
+        return cls(model, int(image_size or info["image_size"]), info=dict(info), **kwargs)
 
     # -- the network at its own size --------------------------------------------------------------
     def network(self, composites: np.ndarray, masks: np.ndarray) -> NetworkOutput:

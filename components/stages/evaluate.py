@@ -73,18 +73,19 @@ def run(params) -> dict:
     cfg = params.evaluate
     store = Store.from_config(params.storage)  # the dataset, an s3:// test folder or model, the stage files
 
-    from components.checkpoint import CheckpointError, load_generator
+    from components.checkpoint import CheckpointError
 
     try:
-        model, info = load_generator(cfg.model, store=store)
+        predictor = Predictor.from_uri(
+            cfg.model, device=cfg.device, store=store, image_size=cfg.image_size, mapping=params.harmonize.mapping,
+            batch_size=cfg.batch_size,
+        )  # fmt: skip
     except CheckpointError as exc:
         raise UserError(f"{exc}{tracking.store_note(cfg.model)}") from None
-    size = int(cfg.image_size or info["image_size"])
+    model, info, size = predictor.model, predictor.info, predictor.image_size
     mult = int(getattr(model, "image_size_multiple", 1) or 1)
     if size % mult:
         raise UserError(f"evaluate.image_size={size} must be a multiple of {mult} for this generator")
-    predictor = Predictor(model, size, mapping=params.harmonize.mapping, device=cfg.device, info=info,
-                          batch_size=cfg.batch_size)  # fmt: skip
 
     dataset_hash = None
     try:

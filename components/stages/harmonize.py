@@ -15,7 +15,8 @@ from pathlib import Path
 
 from components import storage, tracking
 from components.config import HarmonizeConfig, Params
-from components.data.iharmony4 import IMAGE_EXTS, mask_and_real_names
+from components.data import iharmony4
+from components.data.iharmony4 import IMAGE_EXTS
 from components.data.images import InputError, encode_image
 from components.errors import UserError
 from components.inference.predictor import Predictor
@@ -35,11 +36,12 @@ def find_pairs(folder: str, store: Store | None = None) -> tuple[list[tuple[str,
         return [f for f in store.list_files(d) if f.lower().endswith(IMAGE_EXTS)]
 
     pairs, missing = [], []
-    if store.exists(storage.join(folder, "composite_images")):  # iHarmony4 subset
-        masks = set(store.list_files(storage.join(folder, "masks")))
-        for comp in images(storage.join(folder, "composite_images")):
+    if store.exists(storage.join(folder, iharmony4.COMPOSITES)):  # an iHarmony4 subset
+        masks = set(store.list_files(storage.join(folder, iharmony4.MASKS)))
+        for comp in images(storage.join(folder, iharmony4.COMPOSITES)):
             try:
-                mask = storage.join(folder, "masks", mask_and_real_names(posixpath.basename(comp))[0])
+                mask_name = iharmony4.mask_and_real_names(posixpath.basename(comp))[0]
+                mask = storage.join(folder, iharmony4.MASKS, mask_name)
             except InputError as exc:
                 missing.append((comp, str(exc)))
                 continue

@@ -33,7 +33,6 @@ def champion_value_on(evaluation: dict, champion, metric: str, params, store: St
     """The champion's overall metric on this evaluation's test set: from its tags, or re-evaluated."""
     if champion.tags.get("test_set") == evaluation["test_set"]:
         return reg.metric_from_tags(champion.tags, metric)
-    from components.checkpoint import load_generator
     from components.evaluation import scoring as ev
     from components.inference.predictor import Predictor
 
@@ -43,10 +42,10 @@ def champion_value_on(evaluation: dict, champion, metric: str, params, store: St
         samples = ev.shard_samples(store, data[len("shards:") :], params.evaluate.split)
     else:
         samples = ev.iharmony4_samples(store, data, params.evaluate.split)
-    model, info = load_generator(f"models:/{champion.name}/{champion.version}")
-    predictor = Predictor(  # the champion at its own training size, scored at native resolution
-        model, int(info["image_size"]), mapping=params.harmonize.mapping, device=params.evaluate.device
-    )
+    predictor = Predictor.from_uri(  # the champion at its own training size, scored at native resolution
+        f"models:/{champion.name}/{champion.version}", mapping=params.harmonize.mapping,
+        device=params.evaluate.device,
+    )  # fmt: skip
     rows = ev.evaluate(predictor, samples)
     return ev.summaries(rows)["harmonized"]["overall"][metric]
 

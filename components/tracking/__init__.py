@@ -1,4 +1,5 @@
-"""MLflow helpers shared by train / evaluate / register: where to track, experiments, tags, run names.
+"""MLflow, behind one package: where to track, experiments, tags, run names (this module), the Model
+Registry (``registry``) and the training run's logging (``training_log``).
 
 Where runs go: ``MLFLOW_TRACKING_URI`` when set (a shared server on a cluster), else
 ``sqlite:///<project root>/mlruns.db`` with artifacts in ``<project root>/mlartifacts/``. The project

@@ -10,8 +10,6 @@ version gets no second one.
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass, field
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
@@ -20,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from components.checkpoint import HASH_TAG, CheckpointError, model_record, nonfinite_keys, read_payload
 from components.errors import UserError
 from components.evaluation import metrics
+from components.evaluation.promotion import Decision
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +35,6 @@ def registered_name(generator_spec: dict) -> str:
     if name.startswith("dih"):
         return "dih"
     raise ValueError(f"no registered model name for generator {name!r}; set register.model_name")
-
-
-def better(new: float, old: float, mode: str) -> bool:
-    """Strict improvement of ``new`` over ``old`` (a tie keeps the champion)."""
-    if mode not in ("min", "max"):
-        raise ValueError(f"register.mode must be 'min' or 'max', got {mode!r}")
-    if new is None or not math.isfinite(new):
-        return False
-    if old is None or not math.isfinite(old):
-        return True
-    return new < old if mode == "min" else new > old
 
 
 def ensure_registered_model(client: MlflowClient, name: str, description: str = "") -> None:
@@ -123,15 +111,6 @@ def check_registrable(uri: str) -> None:
     bad = nonfinite_keys(payload["state_dict"])
     if bad:
         raise UserError(f"{uri}: not registered: the weights are not finite ({', '.join(bad[:3])}, ...)")
-
-
-@dataclass
-class Decision:
-    promoted: bool
-    reason: str
-    previous_champion: str | None = None
-    champion_value: float | None = None
-    aliases: list[str] = field(default_factory=list)
 
 
 def record_decision(client: MlflowClient, name: str, version: str, run_id: str, decision: Decision) -> None:

@@ -16,7 +16,7 @@ a tracker that does not answer), write ``<folder>/epoch_N.done`` and wait for ``
 drill (a tracking server stopped and started again) acts between two epochs, whatever their speed.
 
 Each epoch is checkpointed first, then logged: a tracking outage can delay the log, never the
-checkpoint (``mlflow_logging``). A resume logs the epochs its checkpoint holds that the run lacks.
+checkpoint (``components/tracking/training_log.py``). A resume logs the epochs its checkpoint holds that the run lacks.
 """
 
 from __future__ import annotations

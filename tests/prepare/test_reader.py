@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from components.data.shards import ShardDataset, ray_dataset, shard_uris
+from components.data.dataset import shard_uris
+from components.data.shards import ShardDataset, ray_dataset
 from components.storage import Store
 
 from .conftest import REPO, read_rows

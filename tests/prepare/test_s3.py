@@ -7,7 +7,8 @@ import json
 
 import boto3
 
-from components.data.shards import ShardDataset, shard_uris
+from components.data.dataset import shard_uris
+from components.data.shards import ShardDataset
 from components.storage import Store
 
 from .conftest import good_photos_masks, read_rows, run_prepare

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from components.tracking.registry import better, registered_name
+from components.evaluation.promotion import better
+from components.tracking.registry import registered_name
 from tests.serve.conftest import DATASET_HASH
 
 

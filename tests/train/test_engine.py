@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader
 
 from components.checkpoint import CheckpointError, load_generator, save_generator
 from components.config import load_params
-from components.data.shards import ShardDataset, shard_uris
+from components.data.dataset import shard_uris
+from components.data.shards import ShardDataset
 from components.storage import Store
 from components.training import engine
 from components.training.schedule import lr_factor, make_scheduler

@@ -164,7 +164,7 @@ def recorded_sha256(uri: str) -> str:
         raise CheckpointError(
             f"{uri}: the tracking store has no {HASH_TAG} for {record.where}, so the generator file in "
             "the artifact store cannot be checked; refusing to load it (log the model again with "
-            "components.mlflow_model.log_generator_model)"
+            "components.tracking.models.log_generator_model)"
         )
     return record.sha256
 

@@ -113,8 +113,8 @@ def run(
     from mlflow import MlflowClient
 
     from components import tracking
-    from components.mlflow_model import MODEL_NAME, log_generator_model
     from components.tracking import registry as reg
+    from components.tracking.models import MODEL_NAME, log_generator_model
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: known formats: {', '.join(FORMATS)}")

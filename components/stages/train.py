@@ -71,7 +71,7 @@ def log_final_model(run_id: str, generator_file: str, image_size: int, epoch: in
     """Log the generator as the run's MLflow model once per final epoch; returns ``runs:/<id>/model``."""
     from mlflow import MlflowClient
 
-    from components.mlflow_model import MODEL_NAME, log_generator_model
+    from components.tracking.models import MODEL_NAME, log_generator_model
 
     client = MlflowClient()
     if client.get_run(run_id).data.tags.get("model_epoch") != str(epoch):

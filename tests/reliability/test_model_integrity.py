@@ -21,9 +21,9 @@ from PIL import Image
 from components.checkpoint import HASH_TAG, CheckpointError, load_generator, save_generator
 from components.config import load_params
 from components.errors import UserError
-from components.mlflow_model import input_example, log_generator_model
 from components.stages.evaluate import model_run_id
 from components.tracking import registry as reg
+from components.tracking.models import input_example, log_generator_model
 from components.training import engine
 from tests.train.conftest import REPO, TINY
 

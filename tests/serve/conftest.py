@@ -70,7 +70,7 @@ def log_training_run(generator: dict, experiment: str, data_name: str, tmp: Path
 
     from components import tracking
     from components.checkpoint import save_generator
-    from components.mlflow_model import log_generator_model
+    from components.tracking.models import log_generator_model
     from components.tracking.training_log import RankZeroLogger
     from components.training.figures import png_bytes, sample_grid
 

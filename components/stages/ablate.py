@@ -10,11 +10,10 @@ import logging
 import os
 from typing import Any
 
-from components import tracking
+from components import storage, tracking
 from components.config import Params
 from components.errors import UserError
-from components.training import ablation, launch, quiet, remote
-from components.training.preflight import check_cluster_gpus, check_local_gpus
+from components.training import ablation, launch, remote
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +36,9 @@ def run(params: Params, command: str = "python -m pipeline.ablate") -> dict[str,
         launch.check_inputs(per_variant[v.id])
     probe = per_variant[variants[0].id]
     epochs = probe.train.epochs + probe.train.decay_epochs
-    quiet.driver(local_ray=not os.environ.get("RAY_ADDRESS"))  # before Ray starts, as the train stage
-    if probe.train.use_gpu:  # before the parent MLflow run exists: a missing GPU leaves nothing RUNNING
-        check_local_gpus(probe.train, "ablate")
-        ablation.init_ray(params, probe)
-        check_cluster_gpus(probe.train, "ablate")
+    # The train stage's pre-flight; Ray is started now only to count the cluster's GPUs (before the
+    # parent MLflow run exists: a missing GPU leaves nothing RUNNING), else when trials are left to run.
+    launch.preflight(probe, "ablate", ablation.sweep_cpus(params, probe), start=probe.train.use_gpu)
     store, data_hash = inputs.store, inputs.dataset.content_hash
     key = ablation.sweep_key(params, variants, data_hash)
     uri = tracking.configure()
@@ -113,7 +110,7 @@ def run(params: Params, command: str = "python -m pipeline.ablate") -> dict[str,
     store.write_bytes(a.figure_out, ablation.figures(variants, histories))
     paths = [a.figure_out]
     for path in (a.csv_out, a.md_out, *paths):
-        if "://" not in path:
+        if not storage.is_s3(path):
             client.log_artifact(parent, path, "ablation")
     for r in rows:
         if "best_psnr" in r:

@@ -20,16 +20,16 @@ from components.config import Params
 from components.errors import UserError
 from components.storage import Store
 from components.tracking.training_log import retry_env, tracking_errors
-from components.training import engine, ingest, quiet, remote
+from components.training import engine, ingest, remote
 from components.training.launch import (
     TrainResult,
     check_inputs,
     forwarded_env,
-    init_ray,
+    preflight,
     train,
+    train_cpus,
 )
 from components.training.loop import FAULT_ENV
-from components.training.preflight import check_cluster_gpus, check_local_gpus
 
 log = logging.getLogger(__name__)
 
@@ -165,12 +165,9 @@ def run(params: Params) -> dict[str, Any]:
     this file, the previous model's test headline is removed (its numbers would be stale)."""
     remote.check_shared(params.storage.root)  # a job's runs must land where they are kept
     inputs = check_inputs(params)  # before Ray starts: a missing dataset or a bad spec fails in a second
-    check_local_gpus(params.train)
     forwarded_env()  # a URL with credentials in it is refused before Ray starts
-    quiet.driver(local_ray=not os.environ.get("RAY_ADDRESS"))
     os.environ.update(retry_env())  # before a local Ray starts: its workers inherit the budget
-    init_ray(params)
-    check_cluster_gpus(params.train)  # before the MLflow run exists: none is left RUNNING
+    preflight(params, "train", train_cpus(params))  # GPUs, Ray; before the MLflow run exists
     ingest.check_cpus(params.train)  # train.reader=ray_data: a CPU beside the workers
     res = train(params, inputs=inputs)
     try:

@@ -34,7 +34,6 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from components import tracking
@@ -498,24 +497,14 @@ def figures(variants: list[Variant], histories: dict[str, list[dict]]) -> bytes:
 # --------------------------------------------------------------------------------------------------
 
 
-def init_ray(params: Params, probe: Params) -> None:
-    """``RAY_ADDRESS`` when set, else a local Ray with the CPUs ``max_concurrent_trials`` trials ask for."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True, logging_level=logging.WARNING)  # start-up chatter off, errors kept
-        return
+def sweep_cpus(params: Params, probe: Params) -> int:
+    """The CPUs a local Ray for the sweep needs: what ``max_concurrent_trials`` trials ask for."""
     t, a = probe.train, params.ablate
     group = t.num_workers * t.cpus_per_worker
     per_trial = group + a.trial_cpus
     # + one worker group of headroom: a finished or ASHA-stopped trial's placement group is released
     # asynchronously (Train V2's PlacementGroupCleaner), and the next trial must not wait on it.
-    launch.start_local_ray(
-        num_cpus=max(1, math.ceil(max(1, a.max_concurrent_trials) * per_trial + group)),
-        num_gpus=None if t.use_gpu else 0,
-    )
+    return max(1, math.ceil(max(1, a.max_concurrent_trials) * per_trial + group))
 
 
 TRAIN_ACTORS = ("TrainController", "RayTrainWorker")  # Train V2's actors: a trial's controller, its workers
@@ -560,13 +549,11 @@ def _first_line(text: str, limit: int = 160) -> str:
 
 
 def absolute_paths(params: Params) -> Params:
-    """A copy with the local storage root and dataset card as absolute paths: Tune trials run in other
-    working directories, and what they read must be what the driver planned with."""
+    """A copy with the local storage root and dataset card as absolute paths (``launch.local_absolute``):
+    Tune trials run in other working directories, and what they read must be what the driver planned with."""
     p = copy.deepcopy(params)
-    if "://" not in p.storage.root:
-        p.storage.root = str(Path(p.storage.root).absolute())
-    if "://" not in p.prepare.card:
-        p.prepare.card = str(Path(p.prepare.card).absolute())
+    p.storage.root = launch.local_absolute(p.storage.root)
+    p.prepare.card = launch.local_absolute(p.prepare.card)
     return p
 
 
@@ -587,7 +574,7 @@ def tune_trials(
     from ray import tune
 
     a = params.ablate
-    init_ray(params, probe)
+    launch.start_ray(probe.train, sweep_cpus(params, probe))
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # propagated to the trials: keep the driver's cwd
     sweep = {
         "key": key,

@@ -40,7 +40,7 @@ def check_cpus(t) -> None:
     cluster's CPUs beyond the training workers' (its budget is the total minus training); with none left,
     the read and decode tasks never start and every worker waits for its first batch forever (a 2-CPU
     head with two 1-CPU workers hung). A ``UserError`` naming the ways out instead, before the MLflow run
-    exists. A local Ray started by ``train`` has the extra CPU (``launch.init_ray``)."""
+    exists. A local Ray started by ``train`` has the extra CPU (``launch.train_cpus``)."""
     if t.reader != "ray_data":
         return
     import ray

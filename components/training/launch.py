@@ -41,7 +41,8 @@ from components.tracking.training_log import (
     training_dataset,
 )
 from components.training import engine, ingest, quiet
-from components.training.loop import STATE_FILE, newest_state, train_loop_per_worker
+from components.training.loop import STATE_FILE, WorkerConfig, newest_state, train_loop_per_worker
+from components.training.preflight import check_cluster_gpus, check_local_gpus
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +128,17 @@ def train_key(run_name: str, fp: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def init_ray(params: Params) -> None:
-    """Connect to ``RAY_ADDRESS`` (a cluster, or the one ``ray job submit`` runs us in), or start a local
-    Ray with just the CPUs the workers ask for (not the whole machine) and a small object store."""
+def train_cpus(params: Params) -> int:
+    """The CPUs a local Ray for one training needs: its workers' (not the whole machine); with
+    ``train.reader=ray_data`` one more for Ray Data's read / decode tasks beside the workers."""
+    t = params.train
+    return max(1, t.num_workers * t.cpus_per_worker) + (t.reader == "ray_data")
+
+
+def start_ray(t, num_cpus: int) -> None:
+    """The one Ray start-up of ``train`` and ``ablate``: connect to ``RAY_ADDRESS`` (a cluster, or the one
+    ``ray job submit`` runs us in), or start a local Ray with ``num_cpus`` CPUs and a small object store
+    (``start_local_ray``). ``t`` is the ``train`` section (GPUs or none)."""
     import ray
 
     if ray.is_initialized():
@@ -137,12 +146,18 @@ def init_ray(params: Params) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True, logging_level=logging.WARNING)  # start-up chatter off, errors kept
         return
-    t = params.train
-    start_local_ray(
-        # ray_data: one more CPU for Ray Data's read / decode tasks beside the workers
-        num_cpus=max(1, t.num_workers * t.cpus_per_worker) + (t.reader == "ray_data"),
-        num_gpus=None if t.use_gpu else 0,
-    )
+    start_local_ray(num_cpus=num_cpus, num_gpus=None if t.use_gpu else 0)
+
+
+def preflight(params: Params, section: str, num_cpus: int, start: bool = True) -> None:
+    """The one pre-flight of ``train`` and ``ablate``, before any MLflow run exists (a failure leaves
+    nothing RUNNING): the GPUs asked for on this machine, the driver's console, then (``start``) Ray
+    started or joined and the GPUs asked for in the cluster. ``section`` names the setting in errors."""
+    check_local_gpus(params.train, section)
+    quiet.driver(local_ray=not os.environ.get("RAY_ADDRESS"))
+    if start:
+        start_ray(params.train, num_cpus)
+        check_cluster_gpus(params.train, section)
 
 
 # Ray's switch for a single-machine Ray (every listener on 127.0.0.1); a multi-node cluster leaves it unset.
@@ -224,22 +239,22 @@ def scaling_config(t):
 
 
 def make_trainer(
-    params: Params, loop_config: dict, key: str, callbacks: list | None = None,
+    params: Params, worker: WorkerConfig, key: str, callbacks: list | None = None,
     worker_env: dict[str, str] | None = None,
 ):  # fmt: skip
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     t = params.train
-    store = loop_config["store"]
+    store = worker.store
     fs, path = store.filesystem(store.uri("ray"))
     datasets = None
     if t.reader == "ray_data":  # the worker reads it through ray.train.get_dataset_shard("train")
-        uris, size = loop_config["train_uris"], loop_config.get("image_size")
+        uris, size = worker.train_uris, worker.image_size
         datasets = {"train": ingest.train_dataset(uris, store, t.seed, size)}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config=worker.ray_config(),
         datasets=datasets,
         scaling_config=scaling_config(t),
         run_config=RunConfig(
@@ -435,24 +450,24 @@ def train(
     )  # fmt: skip
     log.info("train key %s, MLflow run %s (%s)", key, run_id, "resumed" if resumed else "new")
 
-    loop_config = {
-        "params": params,
-        "gen_spec": gen_spec,
-        "train_uris": train_uris,
-        "val_uris": val_uris,
-        "store": store,
-        "run_id": run_id,
-        "tracking_uri": uri,
-        "checkpoint_root": local_absolute(store.uri("ray", key)),
-        "image_size": image_size,  # every training row must be this size (the readers check each one)
-    }
-    prior_status = resume_report(store, loop_config["checkpoint_root"], run_id, t.restart_if_damaged)
-    trainer = make_trainer(params, loop_config, key, callbacks=callbacks, worker_env=worker_env)
+    worker = WorkerConfig(
+        params=params,
+        gen_spec=gen_spec,
+        train_uris=train_uris,
+        val_uris=val_uris,
+        store=store,
+        run_id=run_id,
+        tracking_uri=uri,
+        checkpoint_root=local_absolute(store.uri("ray", key)),
+        image_size=image_size,
+    )
+    prior_status = resume_report(store, worker.checkpoint_root, run_id, t.restart_if_damaged)
+    trainer = make_trainer(params, worker, key, callbacks=callbacks, worker_env=worker_env)
     try:
         trainer.fit()
     except TrainingFailedError as exc:
         raise training_failed(key, run_id, prior_status, exc) from exc
-    _, state, problems = newest_state(loop_config["checkpoint_root"], store)
+    _, state, problems = newest_state(worker.checkpoint_root, store)
     if state is None:
         raise RuntimeError(f"training {key} ended without an intact checkpoint: {'; '.join(problems)}")
 

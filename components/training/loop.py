@@ -26,12 +26,14 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 from components.checkpoint import newest_intact, write_with_hash
+from components.config import Params
 from components.data.shards import ShardDataset
 from components.progress import Progress
 from components.storage import Store
@@ -45,6 +47,26 @@ NONFINITE_METRIC = "nonfinite_steps"  # MLflow: steps skipped so far because a l
 FAULT_ENV = "HARMONIZE_FAULT_AFTER_EPOCH"
 PAUSE_ENV = "HARMONIZE_PAUSE_AFTER_EPOCH"
 GATE_ENV = "HARMONIZE_GATE_DIR"
+WORKER_KEY = "worker"  # Ray Train hands each worker a dict: the WorkerConfig is its one entry
+
+
+@dataclass
+class WorkerConfig:
+    """What every Ray Train worker of one training needs; ``launch.train`` builds it."""
+
+    params: Params
+    gen_spec: dict
+    train_uris: list[str]
+    val_uris: list[str]
+    store: Store
+    run_id: str
+    tracking_uri: str
+    checkpoint_root: str  # absolute: each worker runs in a working folder of its own
+    image_size: int | None  # every training row must be this size (the readers check each one)
+
+    def ray_config(self) -> dict:
+        """The ``train_loop_config`` Ray Train passes to :func:`train_loop_per_worker`."""
+        return {WORKER_KEY: self}
 
 
 def checkpoint_dir_name(epoch: int, taken: set[str] | frozenset = frozenset()) -> str:
@@ -119,20 +141,20 @@ def report_checkpoint(state: engine.TrainState, row: dict, rank: int, name: str,
     )  # fmt: skip
 
 
-def make_loaders(config: dict, rank: int, world: int, device="cpu"):
-    t = config["params"].train
-    size = config.get("image_size")  # each row is checked against it before its PNGs are decoded
+def make_loaders(config: WorkerConfig, rank: int, world: int, device="cpu"):
+    t = config.params.train
+    size = config.image_size  # each row is checked against it before its PNGs are decoded
     opts = cuda.loader_options(t, device)  # CPU: no workers, no pinning (as before)
     train_ds = ShardDataset(
-        config["train_uris"], hflip=t.hflip, rank=rank, world_size=world, seed=t.seed, store=config["store"],
+        config.train_uris, hflip=t.hflip, rank=rank, world_size=world, seed=t.seed, store=config.store,
         image_size=size,
     )  # fmt: skip
     val_ds = ShardDataset(
-        config["val_uris"],
+        config.val_uris,
         rank=rank,
         world_size=world,
         seed=t.seed,
-        store=config["store"],
+        store=config.store,
         shuffle=False,
         even=False,
         image_size=size,
@@ -145,10 +167,10 @@ def make_loaders(config: dict, rank: int, world: int, device="cpu"):
     return train_ds, train_loader, val_loader, steps
 
 
-def train_batches(config: dict, train_ds: ShardDataset, train_loader, rank: int, epoch: int):
+def train_batches(config: WorkerConfig, train_ds: ShardDataset, train_loader, rank: int, epoch: int):
     """The epoch's training batches from ``train.reader``: the shard reader's DataLoader, or this
     worker's Ray Data shard (``ray.train.get_dataset_shard``; the same rows per rank, flipped alike)."""
-    t = config["params"].train
+    t = config.params.train
     if t.reader != "ray_data":
         train_ds.set_epoch(epoch)
         return train_loader
@@ -192,13 +214,14 @@ def gate(epoch: int) -> None:
         time.sleep(0.2)
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry point; ``config`` is built by ``launch.trainer_config``."""
+def train_loop_per_worker(ray_config: dict) -> None:
+    """Ray Train entry point; ``ray_config`` is ``WorkerConfig.ray_config()`` (built by ``launch.train``)."""
     import ray.train
     import ray.train.torch
 
+    config: WorkerConfig = ray_config[WORKER_KEY]
     quiet.worker()  # Ray Train's per-report line off the driver's console
-    params = config["params"]
+    params = config.params
     t = params.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -206,12 +229,12 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     cuda.tune_backend(device)  # cudnn.benchmark, TF32: CUDA only
 
-    state = engine.build_state(params, config["gen_spec"], device, wrap=ray.train.torch.prepare_model)
+    state = engine.build_state(params, config.gen_spec, device, wrap=ray.train.torch.prepare_model)
     # The newest intact checkpoint on disk, also after a worker restart inside this fit (Ray's own
     # get_checkpoint() would hand back the latest it recorded, truncated or not).
-    store = config["store"]
-    folder, saved, problems = newest_state(config["checkpoint_root"], store, map_location=device)
-    taken = set(store.list_dirs(config["checkpoint_root"]))  # before this attempt writes
+    store = config.store
+    folder, saved, problems = newest_state(config.checkpoint_root, store, map_location=device)
+    taken = set(store.list_dirs(config.checkpoint_root))  # before this attempt writes
     for problem in problems:
         log.warning("rank %d: skipping a damaged checkpoint: %s", rank, problem)
     resumed = saved is not None
@@ -223,7 +246,7 @@ def train_loop_per_worker(config: dict) -> None:
     total_epochs = t.epochs + t.decay_epochs
     fault_after = int(os.environ.get(FAULT_ENV, "0") or 0)
     pause_after = int(os.environ.get(PAUSE_ENV, "0") or 0)
-    logger = RankZeroLogger(config["tracking_uri"], config["run_id"], enabled=rank == 0)
+    logger = RankZeroLogger(config.tracking_uri, config.run_id, enabled=rank == 0)
     for row in state.history:  # epochs checkpointed but not logged (a tracker away when they ended)
         logger.log_epoch(row["epoch"], epoch_values(row))
     progress = Progress(state.epoch + 1, total_epochs, steps, enabled=rank == 0)  # lines on the driver
@@ -302,4 +325,4 @@ def train_loop_per_worker(config: dict) -> None:
                     time.sleep(1)
         status = "FINISHED"
     finally:
-        logger.close(status, config["checkpoint_root"])
+        logger.close(status, config.checkpoint_root)

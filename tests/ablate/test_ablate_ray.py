@@ -172,7 +172,7 @@ def test_the_sweep_waits_for_a_stopped_trials_train_actors(ray_cluster):
     import ray
     from ray.util.state import list_actors
 
-    from components.training.ablation import wait_for_train_actors
+    from components.training.ablation.sweep import wait_for_train_actors
 
     ray.init(address=ray_cluster["address"], logging_level="ERROR")
     try:

@@ -13,6 +13,7 @@ from typing import Any
 from components import storage, tracking
 from components.config import Params
 from components.errors import UserError
+from components.tracking import sweeps
 from components.training import launch, remote
 from components.training.ablation import plan, report, sweep
 
@@ -21,8 +22,6 @@ log = logging.getLogger(__name__)
 
 def run(params: Params, command: str = "python -m pipeline.ablate") -> dict[str, Any]:
     """Plan, run the missing trials on Ray Tune, then write the table, Markdown and figures."""
-    from mlflow import MlflowClient
-
     remote.check_shared(params.storage.root)  # a job's trials must track and checkpoint where kept
     params = sweep.absolute_paths(params)
     a = params.ablate
@@ -49,7 +48,7 @@ def run(params: Params, command: str = "python -m pipeline.ablate") -> dict[str,
         key, len(variants), ", ".join(f"{v.id}={'+'.join(v.stands_for)}" for v in variants), parent,
     )  # fmt: skip
 
-    done = sweep.child_runs(params, key)
+    done = sweeps.child_runs(a.experiment, key)
     todo = [v for v in variants if not sweep.is_finished(done.get(v.id), epochs, a.asha)]
     skipped = [v.id for v in variants if v not in todo]
     if skipped:
@@ -64,33 +63,23 @@ def run(params: Params, command: str = "python -m pipeline.ablate") -> dict[str,
         )
 
     # Results: every variant from its child run (curves per epoch), status from this run or before.
-    client = MlflowClient()
-    done = sweep.child_runs(params, key)
-    sweep.log_reported_epochs(uri, done, reported)
+    done = sweeps.child_runs(a.experiment, key)
+    sweeps.log_reported_epochs(uri, done, reported)
     rows, histories = [], {}
     composite = None
     for v in variants:
         run_ = done.get(v.id)
-        hist = sweep.curves(run_.info.run_id) if run_ is not None else []
+        hist = sweeps.curves(run_.info.run_id, report.METRICS) if run_ is not None else []
         histories[v.id] = hist
         if v.id in errors:
-            status = "FAILED"
-            if run_ is None:  # failed before training started: still one failed child run
-                run_ = sweep.failed_child(client, params, key, parent, v, errors[v.id])
-            else:
-                client.set_terminated(run_.info.run_id, status="FAILED")
-            client.set_tag(run_.info.run_id, "ablation_error", errors[v.id][:500])
+            status = "FAILED"  # failed before training started: still one failed child run
         elif run_ is not None and len(hist) >= epochs:
             status = "FINISHED"  # also when ASHA's stop came after the last epoch had run anyway
-            if run_.info.status != "FINISHED":
-                client.set_terminated(run_.info.run_id, status="FINISHED")
-        elif v.id in stopped or (run_ is not None and run_.data.tags.get(sweep.STOPPED_TAG) == "asha"):
+        elif v.id in stopped or (run_ is not None and run_.data.tags.get(sweeps.STOPPED_TAG) == "asha"):
             status = "STOPPED"
-            if run_ is not None:
-                client.set_terminated(run_.info.run_id, status="KILLED")
-                client.set_tag(run_.info.run_id, sweep.STOPPED_TAG, "asha")
         else:
             status = "INCOMPLETE"
+        run_ = sweeps.record_trial(run_, status, a.experiment, key, parent, v.id, v.type, errors.get(v.id, ""))
         for r in hist:
             if composite is None and "val_composite_psnr" in r:
                 composite = {k: r[f"val_composite_{k}"] for k in ("psnr", "mse", "fmse")}
@@ -109,14 +98,8 @@ def run(params: Params, command: str = "python -m pipeline.ablate") -> dict[str,
     report.write_csv(a.csv_out, rows, store)
     store.write_bytes(a.md_out, report.markdown(rows, info, composite).encode())
     store.write_bytes(a.figure_out, report.figures(variants, histories))
-    paths = [a.figure_out]
-    for path in (a.csv_out, a.md_out, *paths):
-        if not storage.is_s3(path):
-            client.log_artifact(parent, path, "ablation")
-    for r in rows:
-        if "best_psnr" in r:
-            client.log_metric(parent, f"best_val_psnr.{r['variant']}", float(r["best_psnr"]))
     n_failed = sum(r["status"] == "FAILED" for r in rows)
-    client.set_tag(parent, "failed_variants", str(n_failed))
-    client.set_terminated(parent, status="FINISHED" if n_failed == 0 else "FAILED")
+    local = [p for p in (a.csv_out, a.md_out, a.figure_out) if not storage.is_s3(p)]
+    best = {r["variant"]: r["best_psnr"] for r in rows if "best_psnr" in r}
+    sweeps.finish_sweep(parent, local, best, n_failed)
     return {**info, "rows": rows, "skipped": skipped, "figure": a.figure_out}

@@ -6,13 +6,9 @@ headline metrics. ``pipeline/evaluate.py`` is its command line.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 from pathlib import Path
-
-import mlflow
-from PIL import Image
 
 from components import headline, tracking
 from components.data.images import InputError
@@ -125,19 +121,15 @@ def run(params) -> dict:
         model_uri=cfg.model, model_run_id=train_run or "unknown", test_set=test_set, eval_data=cfg.data or f"shards:{data_name}",
     )  # fmt: skip
     tags.update(model=str(spec.get("name")), placement=str(spec.get("placement") or "none"))
-    exp = tracking.get_or_create_experiment(cfg.experiment)
-
-    with mlflow.start_run(experiment_id=exp.experiment_id, run_name=name, tags=tags) as run:
-        tracking.log_params_flat({"evaluate": _asdict(cfg), "image_size": size, "n_images": len(rows)})
-        mlflow.log_metrics(flat)
-        csv_bytes = evaluation.per_image_csv(rows)
-        md = f"## Evaluation of `{cfg.model}` on {data_name} ({len(rows)} images, network {size}x{size})\n\n"
-        md += evaluation.summary_markdown(tables, model_label(spec), methods, size)
-        mlflow.log_text(csv_bytes.decode(), "eval_per_image.csv")
-        mlflow.log_text(md, "eval_summary.md")
-        showcase = evaluation.showcase(predictor, samples, cfg.showcase_count, model_label(spec))
-        mlflow.log_image(Image.open(io.BytesIO(showcase)), "eval_showcase.png")
-        eval_run = run.info.run_id
+    csv_bytes = evaluation.per_image_csv(rows)
+    md = f"## Evaluation of `{cfg.model}` on {data_name} ({len(rows)} images, network {size}x{size})\n\n"
+    md += evaluation.summary_markdown(tables, model_label(spec), methods, size)
+    showcase = evaluation.showcase(predictor, samples, cfg.showcase_count, model_label(spec))
+    eval_run = tracking.record_evaluation(
+        cfg.experiment, name, tags, {"evaluate": _asdict(cfg), "image_size": size, "n_images": len(rows)},
+        flat, {"eval_per_image.csv": csv_bytes.decode(), "eval_summary.md": md},
+        {"eval_showcase.png": showcase},
+    )  # fmt: skip
 
     summary = {
         "n_images": len(rows),

@@ -15,13 +15,12 @@ from __future__ import annotations
 import io
 import logging
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from components.checkpoint import MLFLOW_ARTIFACT, save_generator, sha256_hex
+from components.checkpoint import save_generator, sha256_hex
 from components.errors import UserError
 from components.models.authors_keys import AuthorsCheckpointError, convert, spec_for
 from components.models.rainnet import check_depth, resolve_placement
@@ -90,31 +89,14 @@ def load_authors(
     return Imported(model.eval(), spec, sha256_hex(data), int(image_size))
 
 
-def find_import(client, experiment_id: str, digest: str, image_size: int):
-    """The earlier import run of the same file at the same size, if any."""
-    from components import tracking
-
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"{tracking.equals_filter('tags.source_sha256', digest)} and "
-        f"{tracking.equals_filter('params.image_size', str(image_size))}",
-        order_by=["attributes.start_time ASC"],
-    )
-    return next((r for r in runs if r.info.status == "FINISHED"), None)
-
-
 def run(
     path: str, fmt: str = "rainnet-authors", image_size: int = 256, ngf: int = 64, input_nc: int = 3,
     placement: str = "rain-decoder", experiment: str = EXPERIMENT, model_name: str = "rainnet",
     store: Store | None = None,
 ) -> dict:  # fmt: skip
     """Import ``path`` (MLflow already configured): check it, log the run and model, register a version."""
-    import mlflow
-    from mlflow import MlflowClient
-
     from components import tracking
-    from components.tracking import registry as reg
-    from components.tracking.models import MODEL_NAME, log_generator_model
+    from components.tracking import imports
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: known formats: {', '.join(FORMATS)}")
@@ -124,14 +106,11 @@ def run(
         raise UserError(f"--placement: {exc}") from None
     imported = load_authors(path, image_size, ngf, input_nc, placement, store)  # fails before MLflow
     spec, digest = imported.spec, imported.sha256
-    client = MlflowClient()
-    exp = tracking.get_or_create_experiment(experiment, client)
-    earlier = find_import(client, exp.experiment_id, digest, image_size)
-    if earlier is not None and (version := reg.version_for_run(client, model_name, earlier.info.run_id)):
-        log.info(
-            "%s was imported already: run %s, %s v%s", path, earlier.info.run_id, model_name, version.version
-        )
-        return _result(model_name, version, earlier.info.run_id, digest, spec, created=False)
+    earlier = imports.earlier_import(experiment, digest, image_size, model_name)
+    if earlier is not None:
+        run_id, version = earlier
+        log.info("%s was imported already: run %s, %s v%s", path, run_id, model_name, version.version)
+        return _result(model_name, version, run_id, digest, spec, created=False)
 
     source_file = str(path).rstrip("/").rsplit("/", 1)[-1]
     tags = tracking.standard_tags({"model": {"generator": spec}}, None, source=SOURCE, source_format=fmt,
@@ -141,26 +120,23 @@ def run(
         "source_format": fmt, "file_sha256": digest, "ngf": ngf, "depth": spec["depth"], "image_size": image_size,
         "input_nc": input_nc, "placement": placement, "source_repository": REPOSITORY,
     }  # fmt: skip
-    with mlflow.start_run(experiment_id=exp.experiment_id, run_name=name, tags=tags) as active:
-        run_id = active.info.run_id
-        mlflow.log_params(params)
-        with tempfile.TemporaryDirectory() as tmp:
-            local = Path(tmp, MLFLOW_ARTIFACT)
-            meta = {"run_id": run_id, "source": SOURCE, "source_format": fmt, "source_sha256": digest,
-                    "source_file": source_file}  # fmt: skip
-            save_generator(str(local), imported.model, spec, image_size, meta=meta)
-            log_generator_model(local, image_size, run_id=run_id)
-    version, created = reg.register_run_model(client, model_name, run_id, MODEL_NAME)
-    for key, value in (("source", SOURCE), ("source_format", fmt), ("source_sha256", digest)):
-        client.set_model_version_tag(model_name, version.version, key, value)
-    client.update_model_version(
-        model_name, version.version,
-        description=f"RainNet as published by its authors ({REPOSITORY}), imported from {source_file} "
-        f"(sha256 {digest[:12]}...) at {image_size}x{image_size}. Not scored here yet: run evaluate on "
-        "models:/{0}/{1}, then register, to compare it with the champion.".format(model_name, version.version),
+
+    def write_generator(local: Path, run_id: str) -> None:
+        meta = {"run_id": run_id, "source": SOURCE, "source_format": fmt, "source_sha256": digest,
+                "source_file": source_file}  # fmt: skip
+        save_generator(str(local), imported.model, spec, image_size, meta=meta)
+
+    def describe(version: str) -> str:
+        return (
+            f"RainNet as published by its authors ({REPOSITORY}), imported from {source_file} "
+            f"(sha256 {digest[:12]}...) at {image_size}x{image_size}. Not scored here yet: run evaluate on "
+            f"models:/{model_name}/{version}, then register, to compare it with the champion."
+        )
+
+    run_id, version, created = imports.record_import(
+        experiment, name, tags, params, write_generator, image_size, model_name,
+        {"source": SOURCE, "source_format": fmt, "source_sha256": digest}, describe,
     )  # fmt: skip
-    client.set_tag(run_id, "registered_model", model_name)
-    client.set_tag(run_id, "registered_version", str(version.version))
     log.info("imported %s as %s v%s (run %s)", path, model_name, version.version, run_id)
     return _result(model_name, version, run_id, digest, spec, created)
 

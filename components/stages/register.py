@@ -9,9 +9,6 @@ import json
 import logging
 from pathlib import Path
 
-import mlflow
-from mlflow import MlflowClient
-
 from components.errors import UserError
 from components.evaluation import promotion
 from components.storage import Store
@@ -71,20 +68,11 @@ def run(params) -> dict:
     except ValueError as exc:
         raise UserError(str(exc)) from None
 
-    client = MlflowClient()
-    try:
-        train_run = client.get_run(run_id)
-    except Exception as exc:  # noqa: BLE001 - MlflowException for a run that is not in this store
-        raise UserError(
-            f"training run {run_id} not found in MLflow store {mlflow.get_tracking_uri()}: {exc}"
-        ) from None
-
-    version, created = reg.register_run_model(client, name, run_id)
-    for k, v in reg.version_tags(evaluation).items():
-        client.set_model_version_tag(name, version.version, k, v)
+    train_run = reg.training_run(run_id)
+    version, created = reg.register_evaluated(name, run_id, evaluation)
 
     value = evaluation["harmonized"]["overall"][cfg.metric]
-    champion = reg.alias_version(client, name, reg.CHAMPION)
+    champion = reg.champion(name)
     rule = promotion.rule_text(cfg.metric, cfg.mode)
     decision = promotion.decide(
         value,
@@ -96,24 +84,16 @@ def run(params) -> dict:
         cfg.mode,
         cfg.beat_composite,
     )
-    if created:
-        client.set_registered_model_alias(name, reg.CHALLENGER, version.version)
-    if decision.promoted:
-        client.set_registered_model_alias(name, reg.CHAMPION, version.version)
-    decision.aliases = sorted(client.get_model_version(name, version.version).aliases)
-    reg.record_decision(client, name, version.version, run_id, decision)
+    reg.record_promotion(name, version.version, run_id, decision, created)
 
-    params_run = {
-        "run_name": train_run.info.run_name,
-        "params": train_run.data.params,
-    }
+    params_run = train_run
     try:
         dataset_card = json.loads(Path(params.prepare.card).read_text())
     except (OSError, ValueError):
         dataset_card = None
     card = reg.model_card(name, version.version, evaluation, params_run, dataset_card, decision, rule)
-    reg.set_description(client, name, version.version, card)
-    champion_now = reg.alias_version(client, name, reg.CHAMPION)
+    reg.describe_version(name, version.version, card)
+    champion_now = reg.champion(name)
     result = {
         "name": name,
         "version": int(version.version),
@@ -132,11 +112,9 @@ def run(params) -> dict:
     }
     for path, text in ((cfg.card_out, card), (cfg.out, json.dumps(result, indent=2) + "\n")):
         store.write_bytes(path, text.encode())
-    if evaluation.get("eval_run_id"):
-        client.log_text(evaluation["eval_run_id"], card, "model_card.md")
-    showcase = Path(params.evaluate.showcase_out)
-    if showcase.is_file():  # what the version does to test composites, beside the version's model
-        client.log_artifact(run_id, str(showcase), f"showcase/v{version.version}")
+    showcase = Path(params.evaluate.showcase_out)  # what the version does to test composites
+    reg.attach_card(evaluation.get("eval_run_id"), card, run_id, str(showcase) if showcase.is_file() else None,
+                    version.version)  # fmt: skip
     log.info(
         "%s v%s (%s): %s -> aliases %s",
         name, version.version, "new" if created else "already registered", decision.reason, decision.aliases,

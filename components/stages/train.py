@@ -10,15 +10,14 @@ import io
 import json
 import logging
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from components import headline, tracking
-from components.checkpoint import MLFLOW_ARTIFACT, save_generator
+from components.checkpoint import save_generator
 from components.config import Params
 from components.errors import UserError
 from components.storage import Store
+from components.tracking import models as tracking_models
 from components.tracking.training_log import retry_env, tracking_errors
 from components.training import engine, ingest, remote
 from components.training.launch import (
@@ -67,23 +66,6 @@ def summary(history: list[dict], model_epoch: int | None = None, **info: Any) ->
     return out
 
 
-def log_final_model(run_id: str, generator_file: str, image_size: int, epoch: int) -> str:
-    """Log the generator as the run's MLflow model once per final epoch; returns ``runs:/<id>/model``."""
-    from mlflow import MlflowClient
-
-    from components.tracking.models import MODEL_NAME, log_generator_model
-
-    client = MlflowClient()
-    if client.get_run(run_id).data.tags.get("model_epoch") != str(epoch):
-        with tempfile.TemporaryDirectory() as tmp:
-            local = Path(tmp, MLFLOW_ARTIFACT)
-            local.write_bytes(Path(generator_file).read_bytes())
-            log_generator_model(local, image_size, run_id=run_id)
-        client.set_tag(run_id, "model_epoch", str(epoch))
-    client.set_terminated(run_id, status="FINISHED")
-    return f"runs:/{run_id}/{MODEL_NAME}"
-
-
 def calibrate_strength(
     params: Params, res: TrainResult, model: Any, val_uris: list[str], store: Store
 ) -> tuple[dict, dict[str, float]]:
@@ -104,11 +86,8 @@ def calibrate_strength(
         table[strength],
         table[1.0],
     )
-    from mlflow import MlflowClient
-
-    client = MlflowClient()  # metrics, not params: a rerun of a finished training fits it again
-    client.log_metric(res.run_id, "strength", strength)
-    client.log_metric(res.run_id, "val_fmse_calibrated", table[strength])
+    # metrics, not params: a rerun of a finished training fits it again
+    tracking.log_metrics(res.run_id, {"strength": strength, "val_fmse_calibrated": table[strength]})
     entries = {"strength": strength, "val_fmse_calibrated": round(table[strength], 6)}
     return {**res.spec, "strength": strength}, entries
 
@@ -138,7 +117,7 @@ def write_outputs(
         "epochs_trained": res.epochs_done,
     }
     save_generator(t.weights_out, model, spec, res.image_size, meta, store)
-    model_uri = log_final_model(res.run_id, t.weights_out, res.image_size, res.model_epoch)
+    model_uri = tracking_models.log_final_model(res.run_id, t.weights_out, res.image_size, res.model_epoch)
     store.write_bytes(t.plots_out, epochs_csv(res.history))
     out = summary(
         res.history,

@@ -517,3 +517,31 @@ def carry_test_results(run_id: str | None, summary: Mapping[str, Any]) -> None:
         log_test_results(run_id, summary)
     except MlflowException as exc:
         log.warning("test metrics not copied to training run %s (%s): %s", run_id, mlflow.get_tracking_uri(), exc)
+
+
+def record_evaluation(
+    experiment: str, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any],
+    metrics: Mapping[str, float], texts: Mapping[str, str], images: Mapping[str, bytes],
+) -> str:  # fmt: skip
+    """One evaluation as a run of ``experiment``: its params, metrics, text files and PNG pictures;
+    returns the run id."""
+    import io
+
+    from PIL import Image
+
+    exp = get_or_create_experiment(experiment)
+    with mlflow.start_run(experiment_id=exp.experiment_id, run_name=run_name, tags=dict(tags)) as run:
+        log_params_flat(params)
+        mlflow.log_metrics(dict(metrics))
+        for name, text in texts.items():
+            mlflow.log_text(text, name)
+        for name, png in images.items():
+            mlflow.log_image(Image.open(io.BytesIO(png)), name)
+        return run.info.run_id
+
+
+def log_metrics(run_id: str, metrics: Mapping[str, float]) -> None:
+    """Metrics (not params) on an existing run: a rerun may log them again."""
+    client = MlflowClient()
+    for k, v in metrics.items():
+        client.log_metric(run_id, k, v)

@@ -8,6 +8,7 @@ example is still checked by MLflow at log time, through that loader.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -93,3 +94,17 @@ def log_generator_model(
             info = mlflow.pyfunc.log_model(**kwargs)
     client.set_logged_model_tags(info.model_id, {HASH_KEY: digest})  # this logged model's own record
     return info
+
+
+def log_final_model(run_id: str, generator_file: str, image_size: int, epoch: int) -> str:
+    """Log the generator as the training run's MLflow model once per final epoch and end the run FINISHED;
+    returns ``runs:/<id>/model``."""
+    client = mlflow.MlflowClient()
+    if client.get_run(run_id).data.tags.get("model_epoch") != str(epoch):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp, MLFLOW_ARTIFACT)
+            local.write_bytes(Path(generator_file).read_bytes())
+            log_generator_model(local, image_size, run_id=run_id)
+        client.set_tag(run_id, "model_epoch", str(epoch))
+    client.set_terminated(run_id, status="FINISHED")
+    return f"runs:/{run_id}/{MODEL_NAME}"

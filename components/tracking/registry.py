@@ -244,3 +244,62 @@ def model_card(
         "not comparable unless evaluated the same way.",
     ]
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# What the register stage does, as intents (no MlflowClient outside this package)
+# --------------------------------------------------------------------------------------------------
+
+
+def training_run(run_id: str) -> dict:
+    """``{"run_name", "params"}`` of the training run ``run_id``; ``UserError`` when this store lacks it."""
+    import mlflow
+
+    try:
+        run = MlflowClient().get_run(run_id)
+    except Exception as exc:  # noqa: BLE001 - MlflowException for a run that is not in this store
+        raise UserError(
+            f"training run {run_id} not found in MLflow store {mlflow.get_tracking_uri()}: {exc}"
+        ) from None
+    return {"run_name": run.info.run_name, "params": run.data.params}
+
+
+def register_evaluated(name: str, run_id: str, evaluation: dict) -> tuple[ModelVersion, bool]:
+    """(version, created): the training run's model registered once under ``name``, tagged with the
+    evaluation it was scored by."""
+    client = MlflowClient()
+    version, created = register_run_model(client, name, run_id)
+    for k, v in version_tags(evaluation).items():
+        client.set_model_version_tag(name, version.version, k, v)
+    return version, created
+
+
+def champion(name: str) -> ModelVersion | None:
+    return alias_version(MlflowClient(), name, CHAMPION)
+
+
+def record_promotion(name: str, version: str, run_id: str, decision: Decision, created: bool) -> list[str]:
+    """Move the aliases as ``decision`` says (a new version is ``challenger``; a promoted one ``champion``),
+    record the decision on the version and its training run; returns the version's aliases."""
+    client = MlflowClient()
+    if created:
+        client.set_registered_model_alias(name, CHALLENGER, version)
+    if decision.promoted:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    decision.aliases = sorted(client.get_model_version(name, version).aliases)
+    record_decision(client, name, version, run_id, decision)
+    return decision.aliases
+
+
+def describe_version(name: str, version: str, card: str) -> None:
+    """The model card as the version's description."""
+    set_description(MlflowClient(), name, version, card)
+
+
+def attach_card(eval_run_id: str | None, card: str, run_id: str, showcase: str | None, version: str) -> None:
+    """The model card on the evaluation run, and the showcase picture beside the version's model."""
+    client = MlflowClient()
+    if eval_run_id:
+        client.log_text(eval_run_id, card, "model_card.md")
+    if showcase:
+        client.log_artifact(run_id, showcase, f"showcase/v{version}")

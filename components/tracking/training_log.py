@@ -286,3 +286,17 @@ class RankZeroLogger:
                 self.client.set_terminated(self.run_id, status=status)
         except tracking_errors() as exc:
             log.error("MLflow run %s not marked %s: %s", self.run_id, status, str(exc).splitlines()[0][:200])
+
+
+def run_status(run_id: str) -> str:
+    """The training run's status (before an attempt: a FINISHED run's results stand)."""
+    return MlflowClient().get_run(run_id).info.status
+
+
+def record_attempt_failure(run_id: str, error: str, status: str | None = "FAILED") -> None:
+    """An attempt's error on the training run (tag ``last_attempt_error``), and the run ended with
+    ``status`` (None: left as it is)."""
+    client = MlflowClient()
+    client.set_tag(run_id, "last_attempt_error", error[:500])
+    if status:
+        client.set_terminated(run_id, status=status)

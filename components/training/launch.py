@@ -36,7 +36,9 @@ from components.storage import Store
 from components.tracking.training_log import (
     RETRY_ENV,
     find_or_create_run,
+    record_attempt_failure,
     retry_env,
+    run_status,
     tracking_errors,
     training_dataset,
 )
@@ -318,14 +320,12 @@ def validate(params: Params) -> None:
 def resume_report(store: Store, root: str, run_id: str, restart_if_damaged: bool = False) -> str:
     """Say which checkpoint a training resumes from and which damaged ones it skips (the workers pick
     the same: ``loop.newest_state``); returns the MLflow run's status before this attempt."""
-    from mlflow import MlflowClient
-
     folder, saved, problems = newest_state(root, store)
     for problem in problems:
         log.warning("skipping a damaged checkpoint: %s", problem)
     if saved is not None:
         log.info("resuming from %s (epoch %d)", folder, saved["epoch"])
-    status = MlflowClient().get_run(run_id).info.status
+    status = run_status(run_id)
     if saved is None and damaged_checkpoints(store, root):  # never a silent restart from epoch 1
         if restart_if_damaged:
             log.warning("%s: every checkpoint is damaged; training again from epoch 1 (restart_if_damaged)", root)
@@ -335,9 +335,7 @@ def resume_report(store: Store, root: str, run_id: str, restart_if_damaged: bool
             "from epoch 1. Restore the checkpoints, or set train.restart_if_damaged=true to train again from "
             "epoch 1"
         )
-        MlflowClient().set_tag(run_id, "last_attempt_error", msg[:500])
-        if status == "RUNNING":
-            MlflowClient().set_terminated(run_id, status="FAILED")
+        record_attempt_failure(run_id, msg, "FAILED" if status == "RUNNING" else None)
         raise UserError(msg)
     return status
 
@@ -355,15 +353,13 @@ def damaged_checkpoints(store: Store, root: str) -> list[str]:
 def training_failed(key: str, run_id: str, prior_status: str, exc: Exception) -> Exception:
     """Mark the MLflow run and build the error to raise: a run that had FINISHED before this attempt
     stays FINISHED (its results stand; the failure is a tag); diverged weights are a ``UserError``."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
     reason = next(
         (ln.strip() for ln in str(exc).splitlines() if "not finite" in ln or "non-finite" in ln), ""
     )
     try:
-        client.set_tag(run_id, "last_attempt_error", (reason or str(exc).strip().splitlines()[-1])[:500])
-        client.set_terminated(run_id, status="FINISHED" if prior_status == "FINISHED" else "FAILED")
+        record_attempt_failure(
+            run_id, reason or str(exc).strip().splitlines()[-1], "FINISHED" if prior_status == "FINISHED" else "FAILED"
+        )
     except tracking_errors() as tracking_exc:  # the training's own error is the one to report
         log.error("MLflow run %s not marked failed: %s", run_id, str(tracking_exc).splitlines()[0][:200])
     if reason:

@@ -24,11 +24,11 @@ import logging
 import math
 import os
 import time
-from typing import Any
 
 from components import tracking
 from components.config import Params
 from components.storage import Store
+from components.tracking import sweeps
 from components.tracking.training_log import training_dataset
 from components.training import launch
 from components.training.ablation.plan import Variant, sweep_name
@@ -38,9 +38,7 @@ from components.training.loop import FAULT_ENV
 log = logging.getLogger(__name__)
 
 FAIL_ENV = "HARMONIZE_ABLATE_FAIL"
-SWEEP_TAG = "ablation_sweep"  # on the parent: the sweep key
-CHILD_TAG = "ablation_sweep_child"  # on each trial run: the sweep key
-VARIANT_TAG = "ablation_variant"
+
 
 
 # --------------------------------------------------------------------------------------------------
@@ -50,7 +48,6 @@ VARIANT_TAG = "ablation_variant"
 
 def run_trial(config: dict, sweep: dict) -> None:
     """Tune function: train one variant with ``launch.train``, each epoch reported to Tune."""
-    from mlflow import MlflowClient
     from ray.tune.integration.ray_train import TuneReportCallback
 
     os.environ.update(sweep["env"])
@@ -67,8 +64,8 @@ def run_trial(config: dict, sweep: dict) -> None:
         tags={
             **sweep["git_tags"],  # the trial's working directory may not be the checkout
             "mlflow.parentRunId": sweep["parent_run_id"],
-            CHILD_TAG: sweep["key"],
-            VARIANT_TAG: v.id,
+            sweeps.CHILD_TAG: sweep["key"],
+            sweeps.VARIANT_TAG: v.id,
             "ablation_type": v.type,
             "family": v.family,
             "head": v.head,
@@ -86,7 +83,7 @@ def run_trial(config: dict, sweep: dict) -> None:
         callbacks=[TuneReportCallback()],
         worker_env=worker_env,
     )
-    MlflowClient().set_terminated(res.run_id, status="FINISHED")
+    sweeps.finish_run(res.run_id)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -94,76 +91,14 @@ def run_trial(config: dict, sweep: dict) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def find_or_create_parent(params: Params, key: str, variants: list[Variant], data_hash: str) -> str:
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    exp = tracking.get_or_create_experiment(params.ablate.experiment, client)
-    run = tracking.find_latest_run(exp, tracking.equals_filter(f"tags.{SWEEP_TAG}", key), client)
-    tags = tracking.standard_tags(params, data_hash, dataset=launch.dataset_name(params))
-    tags.update({SWEEP_TAG: key, "placement": "sweep", "variants": str(len(variants))})
-    if run is None:
-        run_id = client.create_run(exp.experiment_id, run_name=sweep_name(params), tags=tags).info.run_id
-        # The sweep's data as the parent's input, logged before any trial starts: the concurrent trials
-        # then link the experiment's existing dataset instead of racing to insert it.
-        dataset = training_dataset(params, launch.dataset_name(params), data_hash)
-        tracking.log_dataset_input(run_id, client=client, context="training", **dataset)
-    else:
-        run_id = run.info.run_id
-        client.update_run(run_id, status="RUNNING")
-        for k, v in tags.items():
-            client.set_tag(run_id, k, v)
-    tracking.log_params_flat(params, run_id=run_id, on_conflict="keep", client=client)
-    tracking.log_params_flat(
-        {"ablation.variants": ",".join(v.id for v in variants)},
-        run_id=run_id,
-        on_conflict="keep",
-        client=client,
-    )
-    return run_id
-
-
-def child_runs(params: Params, key: str) -> dict[str, Any]:
-    """Variant id -> its latest child run in this sweep."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    exp = tracking.get_or_create_experiment(params.ablate.experiment, client)
-    runs = client.search_runs(
-        [exp.experiment_id],
-        filter_string=tracking.equals_filter(f"tags.{CHILD_TAG}", key),
-        order_by=["attributes.start_time DESC"],
-        max_results=1000,
-    )
-    out: dict[str, Any] = {}
-    for r in runs:
-        out.setdefault(r.data.tags.get(VARIANT_TAG, ""), r)
-    return out
-
-
-def curves(run_id: str) -> list[dict]:
-    """Per-epoch rows ``{"epoch", "val_psnr", "val_mse", "val_fmse", "val_composite_*"}`` of a child run."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    rows: dict[int, dict] = {}
-    for name in (*METRICS, "val_composite_psnr", "val_composite_mse", "val_composite_fmse"):
-        for m in client.get_metric_history(run_id, name):
-            rows.setdefault(int(m.step), {"epoch": int(m.step)})[name] = float(m.value)
-    return [rows[e] for e in sorted(rows) if all(k in rows[e] for k in METRICS)]
-
-
-STOPPED_TAG = "ablation_stopped"  # on a child run that ASHA cut early: not resumed by a rerun of an ASHA sweep
-
-
 def is_finished(run, epochs: int, asha: bool = False) -> bool:
     if run is None:
         return False
-    if asha and run.data.tags.get(STOPPED_TAG) == "asha":
+    if asha and run.data.tags.get(sweeps.STOPPED_TAG) == "asha":
         return True  # ASHA's decision stands: rerunning the sweep does not revive it
     if run.info.status != "FINISHED":
         return False
-    return max((r["epoch"] for r in curves(run.info.run_id)), default=0) >= epochs
+    return max((r["epoch"] for r in sweeps.curves(run.info.run_id, METRICS)), default=0) >= epochs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -229,14 +164,6 @@ def absolute_paths(params: Params) -> Params:
     p.storage.root = launch.local_absolute(p.storage.root)
     p.prepare.card = launch.local_absolute(p.prepare.card)
     return p
-
-
-def failed_child(client, params: Params, key: str, parent: str, v: Variant, error: str):
-    exp = tracking.get_or_create_experiment(params.ablate.experiment, client)
-    tags = {"mlflow.parentRunId": parent, CHILD_TAG: key, VARIANT_TAG: v.id, "ablation_type": v.type}
-    run = client.create_run(exp.experiment_id, run_name=v.id, tags=tags)
-    client.set_terminated(run.info.run_id, status="FAILED")
-    return client.get_run(run.info.run_id)
 
 
 def tune_trials(
@@ -309,21 +236,10 @@ def tune_trials(
     return errors, stopped, reported
 
 
-def log_reported_epochs(tracking_uri: str, runs: dict[str, Any], reported: dict[str, list[dict]]) -> None:
-    """Log to each child run the epochs its trial reported (so checkpointed) but did not log: a worker
-    checkpoints an epoch before it logs it, and a trial that ASHA stops is killed right after a report,
-    possibly before rank 0 logged that epoch. Through the workers' own logger: never an epoch twice."""
-    from components.tracking.training_log import RankZeroLogger
-    from components.training.loop import epoch_values
-
-    for vid, records in reported.items():
-        run_ = runs.get(vid)
-        rows = [r for r in records if isinstance(r.get("epoch"), int | float) and "val_fmse" in r]
-        if run_ is None or not rows:
-            continue
-        logger = RankZeroLogger(tracking_uri, run_.info.run_id, enabled=True, system_metrics=False)
-        keys = ("val_", "composite_", "lr", "images_per_s", "epoch_time_s")
-        for r in sorted(rows, key=lambda r: r["epoch"]):
-            row = {k: float(v) for k, v in r.items() if k.startswith(keys) and isinstance(v, int | float) and v == v}
-            logger.log_epoch(int(r["epoch"]), epoch_values(row))
-        logger.client.update_run(run_.info.run_id, status=run_.info.status)  # the logger reopened it
+def find_or_create_parent(params: Params, key: str, variants: list[Variant], data_hash: str) -> str:
+    """The sweep's MLflow parent run (found by its key, or created), tagged and with its params."""
+    tags = tracking.standard_tags(params, data_hash, dataset=launch.dataset_name(params))
+    dataset = training_dataset(params, launch.dataset_name(params), data_hash)
+    return sweeps.start_sweep(
+        params, params.ablate.experiment, key, sweep_name(params), tags, [v.id for v in variants], dataset
+    )

@@ -29,7 +29,7 @@ def lines(train: dict, evaluation: dict, registered: dict) -> list[str]:
         "Next (after: source .venv/bin/activate):",
         f"  mlflow ui --backend-store-uri sqlite:///mlruns.db --port {UI_PORT}",
         f"  harmonize composite.jpg mask.png -o out.png -m {model}",
-        f"  python -m components.inference.serving_io serve -m {model} -h 127.0.0.1 -p {SERVE_PORT}",
+        f"  python -m pipeline.serve -m {model} -p {SERVE_PORT}",
         "  dvc exp run --queue -S model.generator.head=pct evaluate   # then: dvc exp show --only-changed",
     ]
     return out

@@ -146,5 +146,5 @@ def test_make_pipeline_ends_on_what_it_produced_and_the_next_commands():
     if registered["champion_version"]:
         assert f"champion       {registered['name']} version {registered['champion_version']}" in res.stdout
         assert tail[-3].strip().startswith("harmonize ") and f"models:/{registered['name']}@champion" in tail[-3]
-    assert tail[-4].strip().startswith("mlflow ui") and "components.inference.serving_io serve" in tail[-2]
+    assert tail[-4].strip().startswith("mlflow ui") and "pipeline.serve" in tail[-2]
     assert "dvc push" not in res.stdout

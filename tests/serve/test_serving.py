@@ -1,4 +1,4 @@
-"""``python -m components.inference.serving_io serve -m models:/rainnet@champion`` (MLflow's scoring app, as
+"""``python -m pipeline.serve -m models:/rainnet@champion`` (MLflow's scoring app, as
 ``mlflow models serve --env-manager local`` runs it, behind a nesting guard): the registry's champion
 answers an HTTP request (the README's curl body, ``components.inference.serving_io``) with the harmonized image."""
 
@@ -60,7 +60,7 @@ def post(url: str, body: dict) -> tuple[int, dict]:
 
 def test_served_champion_returns_the_harmonized_image(champion_store, photos, photo_ids, tmp_path, capsys):
     port = free_port()
-    cmd = [str(BIN / "python"), "-m", "components.inference.serving_io", "serve", "-m", "models:/rainnet@champion",
+    cmd = [str(BIN / "python"), "-m", "pipeline.serve", "-m", "models:/rainnet@champion",
            "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
     env = {"MLFLOW_TRACKING_URI": champion_store, "MLFLOW_REGISTRY_URI": champion_store,
            "PYTHONPATH": str(REPO)}  # fmt: skip
@@ -147,5 +147,5 @@ def test_readme_and_pipeline_summary_start_the_ui_and_the_server_on_different_po
     tail = "\n".join(summary.lines({"run_id": "r"}, {}, {"name": "rainnet", "version": 1, "metric": "fmse",
                                    "value": 1.0, "promoted": True, "reason": "x", "champion_version": 1}))  # fmt: skip
     for text in (readme, tail):
-        ui, serve = _ports(text, "mlflow ui"), _ports(text, "components.inference.serving_io serve")
+        ui, serve = _ports(text, "mlflow ui"), _ports(text, "pipeline.serve")
         assert ui and serve and not ui & serve, (ui, serve)

@@ -1,14 +1,19 @@
 """How ``prepare``, the shard reader and ``evaluate`` cost as the data grows towards iHarmony4's size.
 
-    .venv/bin/python -m benchmarks.make_iharmony4 /tmp/ih4 --count 4000 --processes 2
-    .venv/bin/python benchmarks/bench_scale.py --data /tmp/ih4 --sizes 1000 2000 4000 [--out benchmarks/scale.json]
+    .venv/bin/python -m benchmarks.make_iharmony4 /work/scratch/ih16k --count 16000 --processes 2
+    .venv/bin/python benchmarks/bench_scale.py --data /work/scratch/ih16k --sizes 1000 4000 16000 [--out ...]
 
 For each size N, the paper profile's ``prepare`` (iharmony4 source, 256 px, ``limit: N`` composites of
-the folder) runs as its own process, then the shard reader (one epoch of the train split at the
-paper's batch, 11) and ``evaluate`` on the test split, each as its own process; a thread samples the
-resident memory of the process tree (psutil, every 0.1 s). Then time ~ N^b is fitted (log-log), a
-line ``t = c + k N`` too, and both are extrapolated to iHarmony4's 73,146 composites; the peak memory
-of the largest size against the smallest says whether memory stays flat. ``evaluate`` runs a RainNet
+the folder: nested subsets, the same hash order) runs as its own process, then the shard reader (one
+epoch of the train split at the paper's batch, 11) and ``evaluate`` on the test split, each as its own
+process; a thread samples the resident memory of the process tree (psutil, every 0.1 s). Every step
+records its CPU seconds (user + sys of the process tree: ``getrusage(RUSAGE_CHILDREN)`` before and after
+the wait, so pool workers count) beside wall seconds and the load average before and after it: on a
+shared machine wall time measures the neighbours too, CPU time measures the work. The reader and
+``evaluate`` also time their own loop in-process (wall and ``process_time``), without start-up.
+Then time ~ N^b is fitted (log-log) on CPU seconds and on wall seconds, a line ``t = c + k N`` too,
+and both are extrapolated to iHarmony4's 73,146 composites; the peak memory of the largest size
+against the smallest (and the middle one) says whether memory stays flat. ``evaluate`` runs a RainNet
 of the paper's architecture at 256 px but ngf ``--eval-ngf`` (16: ngf 64 is too slow on 2 CPU cores;
 the scaling with N, not the network's speed, is what is measured here; bench_gpu.py measures ngf 64).
 """
@@ -20,6 +25,7 @@ import contextlib
 import json
 import math
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -44,9 +50,19 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
+def load1() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def measured(cmd: list[str], env: dict | None = None) -> dict:
-    """Run ``cmd``; wall seconds, peak RSS of its process tree (MB), its last stdout line."""
-    t = time.perf_counter()
+    """Run ``cmd``; wall and CPU seconds (user + sys of the whole tree, reaped children included), peak
+    RSS of its process tree (MB), the 1-min load average before and after, its last stdout line."""
+    load_before, cpu0, t = load1(), children_cpu(), time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ps, peak, done = psutil.Process(proc.pid), 0, threading.Event()
 
@@ -60,13 +76,19 @@ def measured(cmd: list[str], env: dict | None = None) -> dict:
     th = threading.Thread(target=sample, daemon=True)
     th.start()
     out, err = proc.communicate()
-    wall = time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, children_cpu() - cpu0
     done.set()
     th.join()
     if proc.returncode:
         raise SystemExit(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
     last = out.strip().splitlines()[-1] if out.strip() else ""
-    return {"seconds": round(wall, 2), "peak_rss_mb": round(peak / 2**20, 1), "last_line": last}
+    return {
+        "seconds": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "peak_rss_mb": round(peak / 2**20, 1),
+        "load_1min": [load_before, load1()],
+        "last_line": last,
+    }
 
 
 def sets(*pairs: str) -> list[str]:
@@ -97,11 +119,40 @@ def reader_main(store_root: str) -> None:
 
     store = Store(store_root)
     ds = ShardDataset(shard_uris(store, "iharmony4-256", "train"), store=store)
-    n, t = 0, time.perf_counter()
+    n, t, c = 0, time.perf_counter(), time.process_time()
     for batch in DataLoader(ds, batch_size=BATCH, drop_last=True, num_workers=0):
         n += batch["composite"].shape[0]
-    wall = time.perf_counter() - t
-    print(json.dumps({"images": n, "epoch_s": round(wall, 2), "images_per_s": round(n / wall, 1)}))
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    print(json.dumps({
+        "images": n, "epoch_s": round(wall, 2), "epoch_cpu_s": round(cpu, 2),
+        "images_per_s": round(n / wall, 1), "images_per_cpu_s": round(n / cpu, 1),
+    }))  # fmt: skip
+
+
+def timed_evaluate_main(argv: list[str]) -> None:
+    """``python -m pipeline.evaluate argv`` in this process, with its batched scoring loop
+    (``components.evaluation.evaluate``, what images/s is about) timed apart from start-up, model
+    load, MLflow logging and the showcase; prints that loop's timing as JSON."""
+    from components import evaluation
+    from components.cli import run_cli
+    from pipeline import evaluate as stage
+
+    inner, timing = evaluation.evaluate, {}
+
+    def timed(*args, **kwargs):
+        t, c = time.perf_counter(), time.process_time()
+        rows = inner(*args, **kwargs)
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        timing.update(images=len(rows), loop_s=round(wall, 2), loop_cpu_s=round(cpu, 2))
+        return rows
+
+    evaluation.evaluate = timed
+    try:
+        run_cli(stage.main, argv)
+    except SystemExit as exc:
+        if exc.code:
+            raise
+    print(json.dumps(timing))
 
 
 def eval_model(work: Path, ngf: int) -> str:
@@ -123,7 +174,7 @@ def eval_model(work: Path, ngf: int) -> str:
 
 def evaluate_cmd(work: Path, model: str) -> list[str]:
     return [
-        sys.executable, "-m", "pipeline.evaluate", "--profile", "paper",
+        sys.executable, __file__, "--timed-evaluate", "--profile", "paper",
         "--tracking-uri", f"sqlite:///{work / 'mlruns.db'}",
         *sets(
             f"storage.root={work / 'store'}",
@@ -145,16 +196,19 @@ def fit(ns: list[int], values: list[float]) -> dict:
     k, c = np.polyfit(ns, values, 1)
     return {
         "exponent": round(float(b), 3),
-        "line": {"intercept": round(float(c), 3), "per_item": round(float(k), 6)},
+        "line": {"intercept": round(float(c), 3), "per_composite": round(float(k), 6)},
         "at_73146_power": round(float(math.exp(loga) * IHARMONY4**b), 1),
         "at_73146_line": round(float(c + k * IHARMONY4), 1),
     }
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--timed-evaluate"]:  # internal: the evaluate stage with its loop timed
+        timed_evaluate_main(sys.argv[2:])
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="an iHarmony4-layout folder (benchmarks/make_iharmony4.py)")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 4000])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000])
     ap.add_argument("--work", default="/tmp/bench_scale")
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--eval-ngf", type=int, default=16)
@@ -181,9 +235,9 @@ def main() -> None:
         manifest = json.loads((work / "manifest.json").read_text())
         shards = [s for split in manifest["shards"].values() for s in split]
         row["prepare"] = {
-            "seconds": prep["seconds"],
-            "peak_rss_mb": prep["peak_rss_mb"],
+            **{k: prep[k] for k in ("seconds", "cpu_s", "peak_rss_mb", "load_1min")},
             "composites_per_s": round(n / prep["seconds"], 2),
+            "composites_per_cpu_s": round(n / prep["cpu_s"], 2),
             "counts": manifest["counts"],
             "shards": len(shards),
             "shard_bytes": sum(s["bytes"] for s in shards),
@@ -191,18 +245,18 @@ def main() -> None:
         rd = measured([sys.executable, __file__, "--data", a.data, "--reader", str(work / "store")], env)
         row["reader"] = {
             **json.loads(rd["last_line"]),
-            "seconds": rd["seconds"],
-            "peak_rss_mb": rd["peak_rss_mb"],
+            **{k: rd[k] for k in ("seconds", "cpu_s", "peak_rss_mb", "load_1min")},
         }
         if not a.skip_evaluate:
             model = eval_model(work, a.eval_ngf)
             ev = measured(evaluate_cmd(work, model), env)
-            images = json.loads((work / "eval.json").read_text())["n_images"]
+            loop = json.loads(ev["last_line"])
+            assert loop["images"] == json.loads((work / "eval.json").read_text())["n_images"]
             row["evaluate"] = {
-                "images": images,
-                "seconds": ev["seconds"],
-                "images_per_s": round(images / ev["seconds"], 2),
-                "peak_rss_mb": ev["peak_rss_mb"],
+                **loop,
+                "images_per_s": round(loop["images"] / loop["loop_s"], 2),
+                "images_per_cpu_s": round(loop["images"] / loop["loop_cpu_s"], 2),
+                **{k: ev[k] for k in ("seconds", "cpu_s", "peak_rss_mb", "load_1min")},
             }
         load.append(os.getloadavg())
         results.append(row)
@@ -210,20 +264,34 @@ def main() -> None:
         write(a, results, load)  # after every size: a long run that is stopped keeps what it measured
 
 
+# (stage, what is timed): the whole process (wall "seconds", "cpu_s"), or the in-process loop
+TIMED = {
+    "prepare": {"process": ("seconds", "cpu_s")},
+    "reader": {"epoch": ("epoch_s", "epoch_cpu_s"), "process": ("seconds", "cpu_s")},
+    "evaluate": {"loop": ("loop_s", "loop_cpu_s"), "process": ("seconds", "cpu_s")},
+}
+
+
 def write(a, results: list[dict], load: list) -> None:
+    results = sorted(results, key=lambda r: r["composites"])
     ns = [r["composites"] for r in results]
     growth: dict = {}
     if len(ns) >= 2:
-        stages = ["prepare", "reader"] + ([] if a.skip_evaluate else ["evaluate"])
-        for stage in stages:
-            xs = ns if stage == "prepare" else [r[stage]["images"] for r in results]
-            secs = [r[stage]["epoch_s"] if stage == "reader" else r[stage]["seconds"] for r in results]
+        for stage, parts in TIMED.items():
+            if any(stage not in r for r in results):
+                continue
+            g: dict = {}
+            for part, (wall_key, cpu_key) in parts.items():
+                g[part] = {
+                    "cpu": fit(ns, [r[stage][cpu_key] for r in results]),
+                    "wall": fit(ns, [r[stage][wall_key] for r in results]),
+                }
             mem = [r[stage]["peak_rss_mb"] for r in results]
-            growth[stage] = {
-                "time": fit(xs, secs),
-                "memory_largest_over_smallest": round(mem[-1] / mem[0], 3),
-                "memory_flat_within_10pct": abs(mem[-1] / mem[0] - 1) <= 0.10,
-            }
+            g["peak_rss_mb"] = mem
+            g["memory_largest_over_smallest"] = round(mem[-1] / mem[0], 3)
+            g["memory_largest_over_middle"] = round(mem[-1] / mem[len(mem) // 2], 3) if len(mem) > 2 else None
+            g["memory_flat_within_10pct"] = abs(mem[-1] / mem[0] - 1) <= 0.10
+            growth[stage] = g
         bytes_ = [r["prepare"]["shard_bytes"] for r in results]
         growth["shard_bytes"] = {
             "exponent": fit(ns, bytes_)["exponent"],
@@ -232,9 +300,11 @@ def write(a, results: list[dict], load: list) -> None:
         }
     out = {
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "machine": f"{os.cpu_count()} CPU cores, shared with other jobs",
+        "machine": f"{os.cpu_count()} CPU cores, shared with other jobs (load average beside every step)",
         "load_average_1_5_15": [[round(v, 2) for v in lv] for lv in load],
         "eval_model": f"RainNet (paper profile) at 256 px, ngf {a.eval_ngf}, untrained, CPU",
+        "fit": "exponent b of t ~ N^b (log-log least squares) and the line t = c + k N over composites N; "
+        "at_73146_*: both at iHarmony4's 73,146 composites; cpu: user + sys seconds of the process tree",
         "sizes": results,
         "growth": growth,
     }

@@ -208,13 +208,16 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="an iHarmony4-layout folder (benchmarks/make_iharmony4.py)")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 4000, 16000])
     ap.add_argument("--work", default="/tmp/bench_scale")
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--eval-ngf", type=int, default=16)
     ap.add_argument("--skip-evaluate", action="store_true")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "scale.json"))
-    ap.add_argument("--previous", help="a scale.json of an earlier run on the same data: its sizes are kept")
+    ap.add_argument(
+        "--previous", nargs="*", default=[],
+        help="scale.json files of other runs on the same data: their sizes are kept (none in --sizes: a merge)",
+    )  # fmt: skip
     ap.add_argument("--reader", help=argparse.SUPPRESS)  # internal: run the reader on this store root
     a = ap.parse_args()
     if a.reader:
@@ -222,15 +225,16 @@ def main() -> None:
         return
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     results, load = [], [os.getloadavg()]
-    if a.previous:  # e.g. a size measured with evaluate before a rerun without it
-        prev = json.loads(Path(a.previous).read_text())
-        results = [{**r, "run": prev["command"]} for r in prev["sizes"] if r["composites"] not in a.sizes]
+    for path in a.previous:  # e.g. sizes measured by another run at the same time
+        prev = json.loads(Path(path).read_text())
+        results += [{"run": prev["command"], **r} for r in prev["sizes"] if r["composites"] not in a.sizes]
         load = prev["load_average_1_5_15"] + load
     for n in a.sizes:
         work = Path(a.work) / f"n{n}"
         subprocess.run(["rm", "-rf", str(work)], check=True)
         work.mkdir(parents=True)
         row: dict = {"composites": n}
+        results.append(row)  # written after every step: a run that is stopped keeps what it measured
         prep = measured(prepare_cmd(a.data, n, work, a.processes), env)
         manifest = json.loads((work / "manifest.json").read_text())
         shards = [s for split in manifest["shards"].values() for s in split]
@@ -242,11 +246,13 @@ def main() -> None:
             "shards": len(shards),
             "shard_bytes": sum(s["bytes"] for s in shards),
         }
+        write(a, results, [*load, os.getloadavg()])
         rd = measured([sys.executable, __file__, "--data", a.data, "--reader", str(work / "store")], env)
         row["reader"] = {
             **json.loads(rd["last_line"]),
             **{k: rd[k] for k in ("seconds", "cpu_s", "peak_rss_mb", "load_1min")},
         }
+        write(a, results, [*load, os.getloadavg()])
         if not a.skip_evaluate:
             model = eval_model(work, a.eval_ngf)
             ev = measured(evaluate_cmd(work, model), env)
@@ -259,9 +265,10 @@ def main() -> None:
                 **{k: ev[k] for k in ("seconds", "cpu_s", "peak_rss_mb", "load_1min")},
             }
         load.append(os.getloadavg())
-        results.append(row)
         print(json.dumps(row), flush=True)
-        write(a, results, load)  # after every size: a long run that is stopped keeps what it measured
+        write(a, results, load)
+    if not a.sizes:
+        write(a, results, load)
 
 
 # (stage, what is timed): the whole process (wall "seconds", "cpu_s"), or the in-process loop
@@ -274,25 +281,27 @@ TIMED = {
 
 def write(a, results: list[dict], load: list) -> None:
     results = sorted(results, key=lambda r: r["composites"])
-    ns = [r["composites"] for r in results]
     growth: dict = {}
-    if len(ns) >= 2:
-        for stage, parts in TIMED.items():
-            if any(stage not in r for r in results):
-                continue
-            g: dict = {}
-            for part, (wall_key, cpu_key) in parts.items():
-                g[part] = {
-                    "cpu": fit(ns, [r[stage][cpu_key] for r in results]),
-                    "wall": fit(ns, [r[stage][wall_key] for r in results]),
-                }
-            mem = [r[stage]["peak_rss_mb"] for r in results]
-            g["peak_rss_mb"] = mem
-            g["memory_largest_over_smallest"] = round(mem[-1] / mem[0], 3)
-            g["memory_largest_over_middle"] = round(mem[-1] / mem[len(mem) // 2], 3) if len(mem) > 2 else None
-            g["memory_flat_within_10pct"] = abs(mem[-1] / mem[0] - 1) <= 0.10
-            growth[stage] = g
-        bytes_ = [r["prepare"]["shard_bytes"] for r in results]
+    for stage, parts in TIMED.items():
+        done = [r for r in results if stage in r]  # a step cut short at the largest size is left out
+        if len(done) < 2:
+            continue
+        ns = [r["composites"] for r in done]
+        g: dict = {"sizes": ns}
+        for part, (wall_key, cpu_key) in parts.items():
+            g[part] = {
+                "cpu": fit(ns, [r[stage][cpu_key] for r in done]),
+                "wall": fit(ns, [r[stage][wall_key] for r in done]),
+            }
+        mem = [r[stage]["peak_rss_mb"] for r in done]
+        g["peak_rss_mb"] = mem
+        g["memory_largest_over_smallest"] = round(mem[-1] / mem[0], 3)
+        g["memory_largest_over_middle"] = round(mem[-1] / mem[len(mem) // 2], 3) if len(mem) > 2 else None
+        g["memory_flat_within_10pct"] = abs(mem[-1] / mem[0] - 1) <= 0.10
+        growth[stage] = g
+    done = [r for r in results if "prepare" in r]
+    if len(done) >= 2:
+        ns, bytes_ = [r["composites"] for r in done], [r["prepare"]["shard_bytes"] for r in done]
         growth["shard_bytes"] = {
             "exponent": fit(ns, bytes_)["exponent"],
             "bytes_per_composite": round(bytes_[-1] / ns[-1]),

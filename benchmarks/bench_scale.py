@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 IHARMONY4 = 73146
 BATCH = 11  # the paper's
+STEPS = ("prepare", "reader", "evaluate")
 
 
 def tree_rss(proc: psutil.Process) -> int:
@@ -213,10 +214,14 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--eval-ngf", type=int, default=16)
     ap.add_argument("--skip-evaluate", action="store_true")
+    ap.add_argument(
+        "--steps", nargs="+", choices=STEPS, default=list(STEPS),
+        help="without prepare: the reader / evaluate on the data an earlier run prepared in --work",
+    )  # fmt: skip
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "scale.json"))
     ap.add_argument(
         "--previous", nargs="*", default=[],
-        help="scale.json files of other runs on the same data: their sizes are kept (none in --sizes: a merge)",
+        help="scale.json files of other runs on the same data: their steps are kept (none in --sizes: a merge)",
     )  # fmt: skip
     ap.add_argument("--reader", help=argparse.SUPPRESS)  # internal: run the reader on this store root
     a = ap.parse_args()
@@ -225,16 +230,36 @@ def main() -> None:
         return
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     results, load = [], [os.getloadavg()]
-    for path in a.previous:  # e.g. sizes measured by another run at the same time
+    steps = [s for s in a.steps if not (s == "evaluate" and a.skip_evaluate)]
+    rows: dict[int, dict] = {}
+    for path in a.previous:  # steps measured by other runs, e.g. side by side with this one
         prev = json.loads(Path(path).read_text())
-        results += [{"run": prev["command"], **r} for r in prev["sizes"] if r["composites"] not in a.sizes]
+        for r in prev["sizes"]:
+            row = rows.setdefault(r["composites"], {"composites": r["composites"]})
+            for step in STEPS:
+                if step in r and not (r["composites"] in a.sizes and step in steps):
+                    row[step] = {**r[step], "run": r[step].get("run", r.get("run", prev["command"]))}
         load = prev["load_average_1_5_15"] + load
+    results = list(rows.values())
     for n in a.sizes:
         work = Path(a.work) / f"n{n}"
-        subprocess.run(["rm", "-rf", str(work)], check=True)
-        work.mkdir(parents=True)
-        row: dict = {"composites": n}
-        results.append(row)  # written after every step: a run that is stopped keeps what it measured
+        if n not in rows:
+            rows[n] = {"composites": n}
+            results.append(rows[n])  # written after every step: a run that is stopped keeps what it measured
+        if "prepare" in steps:
+            subprocess.run(["rm", "-rf", str(work)], check=True)
+            work.mkdir(parents=True)
+        elif not (work / "manifest.json").exists():
+            raise SystemExit(f"{work}: no manifest.json; run the prepare step first")
+        run_steps(a, n, work, rows[n], steps, env, results, load)
+    if not a.sizes:
+        write(a, results, load)
+
+
+def run_steps(
+    a, n: int, work: Path, row: dict, steps: list[str], env: dict, results: list, load: list
+) -> None:
+    if "prepare" in steps:
         prep = measured(prepare_cmd(a.data, n, work, a.processes), env)
         manifest = json.loads((work / "manifest.json").read_text())
         shards = [s for split in manifest["shards"].values() for s in split]
@@ -247,28 +272,27 @@ def main() -> None:
             "shard_bytes": sum(s["bytes"] for s in shards),
         }
         write(a, results, [*load, os.getloadavg()])
+    if "reader" in steps:
         rd = measured([sys.executable, __file__, "--data", a.data, "--reader", str(work / "store")], env)
         row["reader"] = {
             **json.loads(rd["last_line"]),
             **{k: rd[k] for k in ("seconds", "cpu_s", "peak_rss_mb", "load_1min")},
         }
         write(a, results, [*load, os.getloadavg()])
-        if not a.skip_evaluate:
-            model = eval_model(work, a.eval_ngf)
-            ev = measured(evaluate_cmd(work, model), env)
-            loop = json.loads(ev["last_line"])
-            assert loop["images"] == json.loads((work / "eval.json").read_text())["n_images"]
-            row["evaluate"] = {
-                **loop,
-                "images_per_s": round(loop["images"] / loop["loop_s"], 2),
-                "images_per_cpu_s": round(loop["images"] / loop["loop_cpu_s"], 2),
-                **{k: ev[k] for k in ("seconds", "cpu_s", "peak_rss_mb", "load_1min")},
-            }
-        load.append(os.getloadavg())
-        print(json.dumps(row), flush=True)
-        write(a, results, load)
-    if not a.sizes:
-        write(a, results, load)
+    if "evaluate" in steps:
+        model = eval_model(work, a.eval_ngf)
+        ev = measured(evaluate_cmd(work, model), env)
+        loop = json.loads(ev["last_line"])
+        assert loop["images"] == json.loads((work / "eval.json").read_text())["n_images"]
+        row["evaluate"] = {
+            **loop,
+            "images_per_s": round(loop["images"] / loop["loop_s"], 2),
+            "images_per_cpu_s": round(loop["images"] / loop["loop_cpu_s"], 2),
+            **{k: ev[k] for k in ("seconds", "cpu_s", "peak_rss_mb", "load_1min")},
+        }
+    load.append(os.getloadavg())
+    print(json.dumps(row), flush=True)
+    write(a, results, load)
 
 
 # (stage, what is timed): the whole process (wall "seconds", "cpu_s"), or the in-process loop

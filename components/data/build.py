@@ -391,6 +391,7 @@ def _build(cfg: PrepareConfig, store: Store, writer: DatasetWriter, lock: Datase
                     card.add(outcome.value)
                     if sum(r["split"] == split for r in grid_rows) < GRID_PER_SPLIT:
                         grid_rows.append(outcome.value)
+            writer.end_split(split)  # its last shard now, not buffered while the next splits fill
     if card.splits.total() == 0:
         raise UserError(
             f"prepare: nothing usable left from {len(cfg.sources)} source(s); skipped by reason: {dict(skipped)}"

@@ -94,6 +94,11 @@ class DatasetWriter:
     def add(self, row: dict) -> None:
         self.writers[row["split"]].add(row)
 
+    def end_split(self, split: str) -> None:
+        """Write the split's last, partial shard now (the same bytes as at :meth:`publish`): memory then
+        holds one split's shard buffer (``max_bytes``) at a time, not one per split."""
+        self.writers[split].flush()
+
     @property
     def folder(self) -> str:
         return storage.join(self.dir, self.version)

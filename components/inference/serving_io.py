@@ -19,7 +19,7 @@ size of its two files instead of ~15 MB of nested lists,
 the nested lists); ``... response answer.json out.png`` turns either answer back into a PNG (README,
 "Serving").
 
-``python -m components.inference.serving_io serve -m models:/rainnet@champion -h 127.0.0.1 -p 5001`` is
+``python -m pipeline.serve -m models:/rainnet@champion -p 5001`` (``serve`` below) is
 ``mlflow models serve --env-manager local`` (MLflow's own scoring app: the same endpoints and answers)
 behind a guard on the JSON's nesting depth. MLflow parses the body with ``json.loads`` before any model
 code runs and turns only ``JSONDecodeError`` into a 400; a body nested deeper than Python's recursion
@@ -255,15 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = sub.add_parser("response", help="write the harmonized image of a server answer as a PNG")
     res.add_argument("answer", help="the JSON the server answered ('-' for stdin)")
     res.add_argument("out", help="output PNG")
-    srv = sub.add_parser("serve", help="serve the model over HTTP (mlflow models serve, nesting guarded)",
-                         conflict_handler="resolve")  # fmt: skip
-    srv.add_argument("-m", "--model-uri", required=True, help="models:/rainnet@champion, runs:/<id>/model, ...")
-    srv.add_argument("-h", "--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    srv.add_argument("-p", "--port", type=int, default=5001, help="port (default 5001; mlflow ui keeps 5000)")
     args = parser.parse_args(argv)
-    if args.cmd == "serve":
-        serve(args.model_uri, args.host, args.port)
-        return 0
     try:
         if args.cmd == "request" and not args.tensor:  # the files as they are: nothing to re-encode
             files = (Path(args.composite).read_bytes(), Path(args.mask).read_bytes())

@@ -4,6 +4,8 @@ users get it, as a mean with its spread.
     python benchmarks/bench_quality.py --label default --seeds 3
     python benchmarks/bench_quality.py --profile lalonde-cpu --label lalonde --seeds 3
     python benchmarks/bench_quality.py --profile lalonde-cpu --label lalonde --seed-list 2 --skip-prepare
+    python benchmarks/bench_quality.py --label default-no-deadzone --train-label default --skip-prepare \
+        -S train.calibrate_low_bin_max=null       # the same trainings, calibrated another way
 
 Runs ``pipeline.prepare`` once (deterministic: the same dataset for every seed and variant of a
 profile), then per seed ``pipeline.train`` (``-S train.seed=<s>``: the networks' initialisation and the
@@ -19,6 +21,7 @@ standard deviation over the seeds recorded so far, so seeds run in separate call
 from __future__ import annotations
 
 import argparse
+import csv
 import fcntl
 import json
 import os
@@ -63,7 +66,11 @@ class LoadSampler:
         self.samples.append(os.getloadavg()[0])
 
     def summary(self) -> dict:
-        return {"mean": _r(statistics.fmean(self.samples)), "max": _r(max(self.samples)), "cpus": os.cpu_count()}
+        return {
+            "mean": _r(statistics.fmean(self.samples)),
+            "max": _r(max(self.samples)),
+            "cpus": os.cpu_count(),
+        }
 
 
 def git_commit() -> str:
@@ -110,7 +117,8 @@ def record(label: str, seed: int, profile: str, overrides: list[str], train_s: f
         "ngf": spec.get("ngf"),
         "image_size": ev["image_size"],
         "epochs": tr.get("epochs_done"),
-        "train_minutes": round(train_s / 60.0, 2),
+        "train_minutes": epoch_minutes(folder) or round(train_s / 60.0, 2),  # the epochs' own time
+        "stage_minutes": round(train_s / 60.0, 2),  # this call's train stage (a resumed one: calibration)
         "loadavg_during_train": load,
         "n_test_images": ev["n_images"],
         "resolution": "native, through the predictor",
@@ -131,6 +139,16 @@ def record(label: str, seed: int, profile: str, overrides: list[str], train_s: f
             "composite": overall(paper["composite"]),
         },
     }
+
+
+def epoch_minutes(folder: Path) -> float | None:
+    """Minutes the training's epochs took (train_epochs.csv): unlike the stage's wall time, it survives a
+    rerun that resumes a finished training (``--train-label``) and only recalibrates."""
+    path = folder / "train_epochs.csv"
+    if not path.is_file():
+        return None
+    with open(path) as f:
+        return round(sum(float(r["epoch_time_s"]) for r in csv.DictReader(f)) / 60.0, 2)
 
 
 def _r(v):
@@ -169,7 +187,10 @@ def seed_group(label: str, runs: list[dict]) -> dict:
         "fmse_by_composite_error": {},
         "each_seed": [
             {k: r.get(k) for k in ("seed", "commit", "fmse", "fmse_ratio", "val_fmse", "train_minutes")}
-            | {"bin_0_300_ratio": _bin_ratio(r, "0-300"), "loadavg": (r.get("loadavg_during_train") or {}).get("mean")}
+            | {
+                "bin_0_300_ratio": _bin_ratio(r, "0-300"),
+                "loadavg": (r.get("loadavg_during_train") or {}).get("mean"),
+            }
             for r in rows
         ],
     }
@@ -223,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3, help="train with seeds 0 .. N-1 (train.seed)")
     p.add_argument("--seed-list", type=int, nargs="+", default=None, help="these seeds instead of --seeds")
     p.add_argument("--skip-prepare", action="store_true", help="the profile's dataset is already prepared")
+    p.add_argument(
+        "--train-label",
+        default=None,
+        help="reuse the finished trainings of this label (their run names and checkpoints): "
+        "measures a change after the epochs (calibration, evaluation) without training again",
+    )
     args = p.parse_args(argv)
     seeds = args.seed_list if args.seed_list is not None else list(range(args.seeds))
 
@@ -238,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         outs = [
             "-S", f"train.seed={seed}",
             "-S", f"train.weights_out={rel}/generator.pt", "-S", f"train.metrics_out={rel}/train.json",
-            "-S", f"train.plots_out={rel}/train_epochs.csv", "-S", f"train.run_name=quality-{args.label}-s{seed}",
+            "-S", f"train.plots_out={rel}/train_epochs.csv", "-S", f"train.run_name=quality-{args.train_label or args.label}-s{seed}",
             "-S", f"evaluate.model={rel}/generator.pt", "-S", f"evaluate.summary_out={rel}/eval.json",
             "-S", f"evaluate.per_image_out={rel}/eval_per_image.csv", "-S", f"evaluate.summary_md={rel}/eval.md",
             "-S", f"evaluate.showcase_out={rel}/showcase.png",
@@ -249,7 +276,11 @@ def main(argv: list[str] | None = None) -> int:
         rec = record(args.label, seed, args.profile or "default", args.overrides, train_s, load.summary(),
                      folder, argv)  # fmt: skip
         group = save_record(rec)
-        print(json.dumps({k: rec[k] for k in ("label", "train_minutes", "fmse", "composite_fmse", "fmse_ratio")}))
+        print(
+            json.dumps(
+                {k: rec[k] for k in ("label", "train_minutes", "fmse", "composite_fmse", "fmse_ratio")}
+            )
+        )
         print(json.dumps({k: group[k] for k in ("label", "n_seeds", "fmse", "fmse_ratio")}))
     return 0
 

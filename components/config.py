@@ -135,6 +135,9 @@ class TrainConfig:
     identity_fraction: float = 0.0  # share of training composites replaced by their real (leave alone)
     ema_decay: float = 0.0  # > 0: validate and ship an exponential moving average of the weights
     calibrate: bool = False  # transform heads: fit the correction's strength on the val split (calibrate.py)
+    # ... and a dead zone that keeps the val composites under fMSE 300 within this factor of their own
+    # error (null: the strength alone, by val fMSE)
+    calibrate_low_bin_max: float | None = None
     seed: int = 0
     reader: str = "shards"  # training ingest: shards (ShardDataset in the worker) | ray_data (Ray Data)
     num_workers: int = 1

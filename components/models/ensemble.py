@@ -1,4 +1,5 @@
-"""Averaging wrappers around a generator: ``Ensemble`` (several trained side by side) and ``FlipAverage``.
+"""Wrappers around a generator: ``Ensemble`` (several trained side by side), ``FlipAverage`` (the mirror
+image's answer averaged in) and ``DeadZone`` (small corrections left out).
 
 On a few thousand scenes one network's colour transform is noisy: two networks trained the same way
 disagree on an unseen scene about as much as each misses, and so do a network's answers for a composite
@@ -14,7 +15,15 @@ image of the ``image`` head.
 * ``FlipAverage(model)``: at inference only, the model's answer for the composite and for its mirror
   (flipped back); in training mode it is the bare model (training already flips at random).
 
-``build_model`` makes them from the generator spec's ``members`` and ``tta`` keys (registry.py).
+* ``DeadZone(model, tau)``: at inference only, the final colour transform ``t`` (after averaging and the
+  strength) shrunk towards the identity, ``t * max(0, 1 - tau / |t|)`` (``|t|``: the transform's
+  root-mean-square norm over its pixels): a composite the network would barely change is left as it is,
+  and every larger correction loses the same ``tau``. A network trained on fMSE tends to nudge already
+  harmonious composites (their fMSE is small, so any nudge is a large share of it); ``tau`` is fitted on
+  the val split with the strength (components/training/calibrate.py).
+
+``build_model`` makes them from the generator spec's ``members``, ``tta`` and ``deadzone`` keys
+(registry.py).
 """
 
 from __future__ import annotations
@@ -101,4 +110,46 @@ class FlipAverage(_Wrapper):
         out_m, aux_m = self.model(composite.flip(-1), mask.flip(-1), return_aux=True)
         back = {k: (v.flip(-1) if torch.is_tensor(v) and v.dim() == 4 else v) for k, v in aux_m.items()}
         out, aux = average_outputs([plain, (out_m.flip(-1), back)], composite, mask)
+        return (out, aux) if return_aux else out
+
+
+def shrink(transform: torch.Tensor, tau: float) -> torch.Tensor:
+    """A (B, 12, h, w) transform moved ``tau`` towards the identity (zero), by its per-image RMS norm."""
+    if tau <= 0:
+        return transform
+    norm = transform.float().square().sum(dim=1, keepdim=True).mean(dim=(2, 3), keepdim=True).sqrt()
+    return transform * (1.0 - tau / norm.clamp_min(1e-12)).clamp_min(0.0).to(transform.dtype)
+
+
+class DeadZone(_Wrapper):
+    """A transform-head generator whose final transform is shrunk by ``tau`` at inference (``shrink``).
+
+    It holds no weights of its own: its state dict is the inner generator's (same keys), so a generator
+    file of a spec with a dead zone loads into the spec without one and back.
+    """
+
+    def __init__(self, module: nn.Module, tau: float):
+        super().__init__()
+        self.module = module
+        self.tau = float(tau)
+
+    def first(self) -> nn.Module:
+        inner = self.module
+        return inner.first() if isinstance(inner, _Wrapper) else inner
+
+    def state_dict(self, *args, **kwargs):
+        return self.module.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def forward(self, composite: torch.Tensor, mask: torch.Tensor, return_aux: bool = False):
+        if self.training:
+            return self.module(composite, mask, return_aux=return_aux)
+        out, aux = self.module(composite, mask, return_aux=True)
+        transform = aux.get("transform")
+        if transform is not None:
+            transform = shrink(transform.float(), self.tau)
+            pred = apply_transform(transform, composite).to(composite.dtype)
+            out, aux = paste_back(pred, composite, mask), {**aux, "pred": pred, "transform": transform}
         return (out, aux) if return_aux else out

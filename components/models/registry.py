@@ -4,8 +4,9 @@ Specs come from ``params.yaml`` (``model.generator`` etc.), so arguments are che
 builder's signature: a typo must fail with the allowed keys listed, never be silently ignored.
 Three keys of a generator spec are not the builder's: ``members`` (several networks of the spec trained
 side by side, their predictions averaged) and ``tta`` (``flip``: average with the mirror image at
-inference), see ensemble.py; ``strength`` (a transform head's correction scaled, fitted on the val split
-after training: components/training/calibrate.py).
+inference), see ensemble.py; ``strength`` (a transform head's correction scaled) and ``deadzone`` (its
+small corrections left out: ``DeadZone``), both fitted on the val split after training
+(components/training/calibrate.py).
 
 The registry imports the model modules and names their builders here; the model modules never import
 it (no import cycle). ``register`` adds a builder from elsewhere (an experiment, a test).
@@ -21,7 +22,7 @@ from torch import nn
 
 from .dih import dih, dih_rain
 from .discriminators import DomainDiscriminator, GlobalDiscriminator
-from .ensemble import Ensemble, FlipAverage
+from .ensemble import DeadZone, Ensemble, FlipAverage
 from .heads import OutputHead
 from .rainnet import RainNet
 
@@ -34,7 +35,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-WRAPPER_KEYS = ("members", "tta", "strength")
+WRAPPER_KEYS = ("members", "tta", "strength", "deadzone")
 TTA_MODES = ("none", "flip")
 
 
@@ -82,9 +83,16 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
         raise ValueError(f"model {name!r}: strength must be a number in (0, 4], got {strength!r}")
     if strength != 1.0 and spec.get("head", "image") == "image":
         raise ValueError(f"model {name!r}: strength scales a colour transform; the image head has none")
+    deadzone = spec.get("deadzone", 0.0)
+    if isinstance(deadzone, bool) or not isinstance(deadzone, int | float) or not 0 <= deadzone < 1:
+        raise ValueError(f"model {name!r}: deadzone must be a number in [0, 1), got {deadzone!r}")
+    if deadzone and spec.get("head", "image") == "image":
+        raise ValueError(f"model {name!r}: deadzone shrinks a colour transform; the image head has none")
     model = MODELS[name](**kwargs)
     if members > 1:
         model = Ensemble([model] + [MODELS[name](**kwargs) for _ in range(members - 1)])
     for head in (m for m in model.modules() if isinstance(m, OutputHead)):
         head.strength = float(strength)  # not a weight: the spec carries it, so state dicts stay as trained
-    return FlipAverage(model) if tta == "flip" else model
+    if tta == "flip":
+        model = FlipAverage(model)
+    return DeadZone(model, deadzone) if deadzone else model

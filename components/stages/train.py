@@ -66,30 +66,44 @@ def summary(history: list[dict], model_epoch: int | None = None, **info: Any) ->
     return out
 
 
-def calibrate_strength(
+def calibrate(
     params: Params, res: TrainResult, model: Any, val_uris: list[str], store: Store
 ) -> tuple[dict, dict[str, float]]:
     """``(spec, summary entries)``: ``train.calibrate`` on a transform head fits the strength of its
-    correction on the val split (calibrate.py) and puts it in the spec; otherwise the spec as trained."""
+    correction, and with ``train.calibrate_low_bin_max`` a dead zone, on the val split (calibrate.py) and
+    puts them in the spec; otherwise the spec as trained."""
     from torch.utils.data import DataLoader
 
     from components.data.shards import ShardDataset
-    from components.training.calibrate import fit_strength
+    from components.training.calibrate import fit_correction
 
     if not params.train.calibrate or model.head.head == "image":
         return res.spec, {}
     val = ShardDataset(val_uris, store=store, shuffle=False, even=False, image_size=res.image_size)
-    strength, table = fit_strength(model, DataLoader(val, batch_size=64, num_workers=0))
+    cal = fit_correction(model, DataLoader(val, batch_size=64, num_workers=0),
+                         low_bin_max=params.train.calibrate_low_bin_max)  # fmt: skip
     log.info(
-        "strength %.2f fitted on the val split: val fMSE %.2f (%.2f as trained)",
-        strength,
-        table[strength],
-        table[1.0],
-    )
-    # metrics, not params: a rerun of a finished training fits it again
-    tracking.log_metrics(res.run_id, {"strength": strength, "val_fmse_calibrated": table[strength]})
-    entries = {"strength": strength, "val_fmse_calibrated": round(table[strength], 6)}
-    return {**res.spec, "strength": strength}, entries
+        "strength %.2f, dead zone %.2f fitted on the val split: val fMSE %.2f (%.2f as trained); "
+        "composites under fMSE 300: %s of their own error (%s as trained)",
+        cal.strength, cal.deadzone, cal.val_fmse, cal.as_trained_fmse,
+        _ratio(cal.low_bin_ratio), _ratio(cal.as_trained_low_bin_ratio),
+    )  # fmt: skip
+    entries = {
+        "strength": cal.strength,
+        "deadzone": cal.deadzone,
+        "val_fmse_calibrated": round(cal.val_fmse, 6),
+    }
+    if cal.low_bin_ratio is not None:
+        entries["val_low_bin_ratio_calibrated"] = round(cal.low_bin_ratio, 6)
+        entries["val_low_bin_ratio"] = round(cal.as_trained_low_bin_ratio, 6)
+    # metrics, not params: a rerun of a finished training fits them again
+    tracking.log_metrics(res.run_id, entries)
+    spec = {**res.spec, "strength": cal.strength} | ({"deadzone": cal.deadzone} if cal.deadzone else {})
+    return spec, entries
+
+
+def _ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
 
 
 def write_outputs(
@@ -101,9 +115,7 @@ def write_outputs(
     t = params.train
     model = engine.build_model(res.spec)
     model.load_state_dict(res.generator_state, strict=True)
-    spec, calibration = (
-        calibrate_strength(params, res, model, val_uris, store) if val_uris else (res.spec, {})
-    )
+    spec, calibration = calibrate(params, res, model, val_uris, store) if val_uris else (res.spec, {})
     if spec is not res.spec:
         model = engine.build_model(spec)
         model.load_state_dict(res.generator_state, strict=True)

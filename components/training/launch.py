@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 RESUMABLE_KEYS = {
     "run_name", "experiment", "epochs", "decay_epochs", "use_gpu", "cpus_per_worker", "gpus_per_worker",
     "max_failures", "log_every_steps", "sample_grid", "checkpoints_to_keep", "restart_if_damaged", "amp",
-    "weights_out", "metrics_out", "plots_out", "keep", "calibrate",
+    "weights_out", "metrics_out", "plots_out", "keep", "calibrate", "calibrate_low_bin_max",
 }  # fmt: skip
 # Non-secret settings the workers need when they run on other machines (endpoints, region, tracking).
 # Only these go into the Ray runtime env, which Ray writes to world-readable logs and returns from its

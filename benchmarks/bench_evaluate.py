@@ -38,8 +38,12 @@ def one(tree: str, limit: int | None, batch_size: int) -> dict:
 
     from components.checkpoint import load_generator
     from components.config import load_params
-    from components.evaluation import scoring as evaluation
-    from components.inference.predictor import Predictor
+    try:
+        from components.evaluation import scoring as evaluation
+        from components.inference.predictor import Predictor
+    except ImportError:  # a --before revision from before the issue-20 layout
+        from components import evaluation  # type: ignore[no-redef]
+        from components.predictor import Predictor  # type: ignore[no-redef]
     from components.storage import Store
 
     params = load_params(Path(tree) / "params.yaml")  # the tree's own keys; paths relative to this checkout
@@ -94,7 +98,7 @@ def differences(a: dict, b: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--before", default="main", help="git revision of the one-at-a-time code")
-    parser.add_argument("--limit", type=int, default=96, help="test images for the before/after pair")
+    parser.add_argument("--limit", type=int, default=None, help="test images for the before/after pair (96)")
     parser.add_argument("--repeats", type=int, default=2, help="before/after pairs, alternating")
     parser.add_argument("--batch-size", type=int, default=None, help="default: params.yaml evaluate.batch_size")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "evaluate.json"))
@@ -116,8 +120,8 @@ def main() -> None:
                                  capture_output=True, check=True).stdout  # fmt: skip
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         for _ in range(args.repeats):
-            before = run_child(tmp, args.limit, 1)
-            after = run_child(str(REPO), args.limit, batch)
+            before = run_child(tmp, args.limit or 96, 1)
+            after = run_child(str(REPO), args.limit or 96, batch)
             before["tree"], after["tree"] = f"{args.before} ({rev})", "this tree"
             pairs.append({"before": before, "after": after, "speedup": after["images_per_s"] / before["images_per_s"],
                           "max_rel_difference": differences(before, after)})  # fmt: skip

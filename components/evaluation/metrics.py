@@ -80,6 +80,9 @@ def foreground(mask) -> np.ndarray:
         raise ValueError(f"mask: expected (N, H, W) or (N, H, W, 1), got shape {m.shape}")
     if m.dtype == np.bool_:
         return m
+    if m.dtype == np.uint8:  # the common case (decoded masks): always within 0..255, no float copy
+        peak = m.reshape(len(m), -1).max(axis=1, initial=0)
+        return m >= np.where(peak > 1, 128, 1).astype(np.uint8)[:, None, None]  # >= 127.5 / >= 0.5
     if not np.issubdtype(m.dtype, np.number):
         raise TypeError(f"mask: expected bool or numeric values, got dtype {m.dtype}")
     m = m.astype(np.float64, copy=False)
@@ -116,12 +119,13 @@ def batch_metrics(pred, real, mask) -> dict[str, np.ndarray]:
     if fg.shape != p.shape[:3]:
         raise ValueError(f"mask shape {fg.shape} does not match the images {p.shape[:3]}")
     n, h, w = fg.shape
-    # Exact integer arithmetic: a squared difference is at most 65025, sums in int64.
-    diff = p.astype(np.int32) - r.astype(np.int32)
-    sq_pix = (diff * diff).sum(axis=-1, dtype=np.int64)
-    sse = sq_pix.reshape(n, -1).sum(axis=1)
-    fg_pixels = fg.reshape(n, -1).sum(axis=1).astype(np.int64)
-    fg_sse = np.where(fg, sq_pix, 0).reshape(n, -1).sum(axis=1)
+    # Exact integer arithmetic: a difference fits int16, a pixel's squared error (3 x 65025) int32, sums int64.
+    diff = p.astype(np.int16) - r.astype(np.int16)
+    sq = diff.astype(np.int32)
+    sq_pix = np.einsum("nhwc,nhwc->nhw", sq, sq)
+    sse = sq_pix.reshape(n, -1).sum(axis=1, dtype=np.int64)
+    fg_pixels = np.count_nonzero(fg.reshape(n, -1), axis=1).astype(np.int64)
+    fg_sse = (sq_pix * fg).reshape(n, -1).sum(axis=1, dtype=np.int64)
     mse = sse / float(h * w * 3)
     empty = fg_pixels == 0
     fmse = np.where(empty, 0.0, fg_sse / np.maximum(3 * fg_pixels, 1).astype(np.float64))

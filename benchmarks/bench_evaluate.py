@@ -42,8 +42,9 @@ def one(tree: str, limit: int | None, batch_size: int) -> dict:
         from components.evaluation import scoring as evaluation
         from components.inference.predictor import Predictor
     except ImportError:  # a --before revision from before the issue-20 layout
-        from components import evaluation  # type: ignore[no-redef]
         from components.predictor import Predictor  # type: ignore[no-redef]
+
+        from components import evaluation  # type: ignore[no-redef]
     from components.storage import Store
 
     params = load_params(Path(tree) / "params.yaml")  # the tree's own keys; paths relative to this checkout

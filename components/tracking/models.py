@@ -97,10 +97,16 @@ def log_generator_model(
 
 
 def log_final_model(run_id: str, generator_file: str, image_size: int, epoch: int) -> str:
-    """Log the generator as the training run's MLflow model once per final epoch and end the run FINISHED;
-    returns ``runs:/<id>/model``."""
+    """Log the generator as the training run's MLflow model once per generator file and end the run
+    FINISHED; returns ``runs:/<id>/model``.
+
+    A rerun of a finished training logs nothing new unless the file changed: a calibration fitted again
+    (``train.calibrate_low_bin_max``) gives the same weights another spec, hence another file, which the
+    run then records (its hash tag) and ``register`` registers as a version of its own."""
+    from components.checkpoint import file_sha256
+
     client = mlflow.MlflowClient()
-    if client.get_run(run_id).data.tags.get("model_epoch") != str(epoch):
+    if client.get_run(run_id).data.tags.get(HASH_KEY) != file_sha256(generator_file):
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp, MLFLOW_ARTIFACT)
             local.write_bytes(Path(generator_file).read_bytes())

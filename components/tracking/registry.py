@@ -83,12 +83,20 @@ def logged_model_id(client: MlflowClient, run_id: str, artifact_path: str = "mod
 
 
 def register_run_model(client: MlflowClient, name: str, run_id: str, artifact_path: str = "model"):
-    """(version, created): the run's version, registering the model the run logged only when it has none."""
-    existing = version_for_run(client, name, run_id)
-    if existing is not None:
-        return existing, False
-    check_registrable(f"runs:/{run_id}/{artifact_path}")  # checked against the hash the run recorded
+    """(version, created): the version of the model the run logged last, registered when it has none. A
+    run that logged another file since (a calibration fitted again) gets a new version for it."""
     model_id = logged_model_id(client, run_id, artifact_path)
+    digest = client.get_run(run_id).data.tags.get(HASH_TAG)  # the file the run logged last
+
+    def same_file(v: ModelVersion) -> bool:  # a version keeps its own file's hash (set below)
+        tag = v.tags.get(HASH_TAG)
+        return tag == digest if tag and digest else getattr(v, "model_id", None) in (model_id, None)
+
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    existing = [v for v in found if same_file(v)]
+    if existing:
+        return min(existing, key=lambda v: int(v.version)), False
+    check_registrable(f"runs:/{run_id}/{artifact_path}")  # checked against the hash the run recorded
     ensure_registered_model(client, name)
     # the client call, not mlflow.register_model: the same version (source, run, logged model), without
     # the fluent API's "Registered model ... already exists" / "Created version" lines on stderr

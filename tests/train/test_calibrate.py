@@ -176,3 +176,28 @@ def test_the_train_stage_ships_the_fitted_strength(tiny_local, ray_cluster):
     run = MlflowClient(db).get_run(summary["run_id"])
     assert run.data.metrics["strength"] == summary["strength"]
     assert run.data.metrics["val_fmse_calibrated"] == pytest.approx(summary["val_fmse_calibrated"])
+
+    # Calibrated another way, the finished training is not repeated, but its new file is what the run
+    # records, what runs:/<id>/model loads and what register registers: a version of its own.
+    import mlflow
+
+    from components.checkpoint import file_sha256
+    from components.tracking.registry import register_run_model
+
+    mlflow.set_tracking_uri(db)  # the autouse fixture puts it back after the test
+    client = MlflowClient(db)
+    first, created = register_run_model(client, "calibrated", summary["run_id"])
+    assert created
+    res = run_train(proj, [*args, "train.calibrate=false"],
+                    env={"MLFLOW_TRACKING_URI": db, "RAY_ADDRESS": ray_cluster["address"]})  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    again = read_json(proj / "train.json")
+    assert again["run_id"] == summary["run_id"] and "strength" not in again  # resumed, not calibrated
+    digest = file_sha256(proj / "generator.pt")
+    assert client.get_run(summary["run_id"]).data.tags["generator_sha256"] == digest
+    _, info = load_generator(f"runs:/{summary['run_id']}/model")  # hash-checked against the run's record
+    assert "strength" not in info["spec"]
+    second, created = register_run_model(client, "calibrated", summary["run_id"])
+    assert created and int(second.version) == int(first.version) + 1
+    third, created = register_run_model(client, "calibrated", summary["run_id"])
+    assert not created and third.version == second.version

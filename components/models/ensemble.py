@@ -147,8 +147,7 @@ class DeadZone(_Wrapper):
         self.tau = float(tau)
 
     def first(self) -> nn.Module:
-        inner = self.module
-        return inner.first() if isinstance(inner, _Wrapper) else inner
+        return self.module
 
     def state_dict(self, *args, **kwargs):
         return self.module.state_dict(*args, **kwargs)

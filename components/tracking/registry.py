@@ -45,9 +45,14 @@ def ensure_registered_model(client: MlflowClient, name: str, description: str = 
             raise
 
 
+def versions_for_run(client: MlflowClient, name: str, run_id: str) -> list[ModelVersion]:
+    """Every version of ``name`` registered from ``run_id``."""
+    return client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+
+
 def version_for_run(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
     """The (oldest) version of ``name`` registered from ``run_id``, if any."""
-    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    found = versions_for_run(client, name, run_id)
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
@@ -92,8 +97,7 @@ def register_run_model(client: MlflowClient, name: str, run_id: str, artifact_pa
         tag = v.tags.get(HASH_TAG)
         return tag == digest if tag and digest else getattr(v, "model_id", None) in (model_id, None)
 
-    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    existing = [v for v in found if same_file(v)]
+    existing = [v for v in versions_for_run(client, name, run_id) if same_file(v)]
     if existing:
         return min(existing, key=lambda v: int(v.version)), False
     check_registrable(f"runs:/{run_id}/{artifact_path}")  # checked against the hash the run recorded

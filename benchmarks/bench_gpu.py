@@ -116,7 +116,7 @@ def train_steps(p, device: str, steps: int, warmup: int) -> dict:
 
     t, dev = p.train, torch.device(device)
     cuda.tune_backend(dev)
-    store = Store(p.storage.root)
+    store = Store.from_config(p.storage)
     uris = shard_uris(store, p.train.dataset, "train")
     state = engine.build_state(p, engine.generator_spec(dict(p.model.generator), p.prepare.image_size), dev)
     ds = ShardDataset(uris, hflip=t.hflip, seed=t.seed, store=store)

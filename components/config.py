@@ -11,7 +11,6 @@ import copy
 import dataclasses
 import difflib
 import math
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -455,31 +454,6 @@ def apply_overrides(data: dict, overrides: typing.Iterable[str]) -> dict:
     return data
 
 
-def main_workspace(path: str | Path | None = None) -> Path | None:
-    """The project a DVC experiment runs for when ``path`` (default: cwd) is inside one of DVC's temporary
-    workspaces (``<project>/.dvc/tmp/exps/<tmp>/``: ``dvc exp run --temp`` or ``--queue``); else None.
-
-    Such a workspace holds the git-tracked files only: the storage root (shards, checkpoints) and the
-    MLflow database stay in the project, so stages resolve them there."""
-    parts = Path(path or os.getcwd()).resolve().parts
-    for i in range(len(parts) - 3):
-        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return None
-
-
-def _resolve_storage(params: Params) -> Params:
-    """In a DVC temporary workspace a relative ``storage.root`` is the project's, unless DVC checked the
-    datasets out there (``prepare``'s output): then the workspace is self-contained, and a ``prepare``
-    rerun inside it writes where DVC looks for its output."""
-    main = main_workspace()
-    root = params.storage.root
-    local = "://" not in root and not Path(root).is_absolute()
-    if main is not None and local and not (Path(root) / "datasets").is_dir():
-        params.storage.root = str(main / root)
-    return params
-
-
 def load_params(
     path: str | Path = "params.yaml",
     overrides: typing.Iterable[str] = (),
@@ -495,7 +469,7 @@ def load_params(
         data = _deep_merge(data, _read_yaml(prof))
     data = apply_overrides(data, overrides)
     try:
-        return _resolve_storage(check_ranges(_from_dict(Params, data, "")))
+        return check_ranges(_from_dict(Params, data, ""))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

@@ -18,6 +18,7 @@ small frozen value: it pickles to Ray workers, which build their own connections
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
@@ -47,6 +48,21 @@ def join(root: str, *parts: str) -> str:
     if is_s3(root):
         return posixpath.join(root.rstrip("/"), *parts)
     return str(Path(root, *parts))
+
+
+def resolve_root(root: str) -> str:
+    """What a configured ``storage.root`` names: an ``s3://`` root and a local one as written, except in
+    a DVC temporary workspace (``workspace.main_workspace``), where a relative root is the project's,
+    unless DVC checked the datasets out into the workspace (``prepare``'s output): then the workspace is
+    self-contained, and a ``prepare`` rerun inside it writes where DVC looks for its output."""
+    from components.workspace import main_workspace
+
+    if is_s3(root) or Path(root).is_absolute():
+        return root
+    main = main_workspace()
+    if main is not None and not (Path(root) / "datasets").is_dir():
+        return str(main / root)
+    return root
 
 
 def _bucket_key(uri: str) -> tuple[str, str]:
@@ -85,8 +101,16 @@ class Store:
 
     @classmethod
     def from_config(cls, storage) -> Store:
-        """The store of a ``storage`` params section (``root``, ``endpoint_url``, ``region``)."""
-        return cls(str(storage.root), storage.endpoint_url, storage.region)
+        """The store of a ``storage`` params section (``root``, ``endpoint_url``, ``region``), its root
+        resolved (``resolve_root``): the one place that decides what ``storage.root`` names."""
+        return cls(resolve_root(str(storage.root)), storage.endpoint_url, storage.region)
+
+    def anchored(self) -> Store:
+        """The same store with a local root made absolute, for processes that run in another working folder
+        (Ray Train workers, Tune trials): there a relative root names another folder, so a worker would
+        neither find the checkpoints to resume from nor the names already taken. The stage itself keeps
+        the relative root, which is what the files DVC tracks record (the same on every machine)."""
+        return self if self.is_s3 else dataclasses.replace(self, root=str(Path(self.root).absolute()))
 
     # -- addressing ---------------------------------------------------------------------------------
 

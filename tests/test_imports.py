@@ -90,8 +90,8 @@ def test_components_never_import_pipeline():
     assert not bad, bad
 
 
-BASICS = {f"components.{m}" for m in ("config", "storage", "checkpoint", "errors", "cli", "credentials",
-                                      "headline", "progress")}  # fmt: skip
+BASICS = {f"components.{m}" for m in ("config", "storage", "workspace", "checkpoint", "errors", "cli",
+                                      "credentials", "headline", "progress")}  # fmt: skip
 
 
 def test_layers():

@@ -31,7 +31,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Experiment, Param, Run
 from mlflow.exceptions import MlflowException
 
-from components.config import flatten, main_workspace
+from components.config import flatten
+from components.workspace import main_workspace
 
 log = logging.getLogger(__name__)
 

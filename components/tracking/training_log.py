@@ -109,12 +109,13 @@ def training_dataset(params, name: str, digest: str) -> dict[str, Any]:
     """The run input for dataset ``name``: the prepare manifest DVC tracks when it describes this
     dataset, else the shard folder under ``storage.root``; the card's content hash as digest."""
     from components.data import shards
+    from components.storage import Store
 
     manifest = Path(params.prepare.manifest)
     if name == params.prepare.name and manifest.is_file():
         source = str(manifest.resolve())
     else:
-        source = shards.dataset_dir(params.storage.root, name)
+        source = shards.dataset_dir(Store.from_config(params.storage).root, name)
     return {"name": name, "digest": digest, "source": source, "profile": {"content_hash": digest}}
 
 

@@ -24,7 +24,6 @@ import os
 import re
 import socket
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from components import storage, tracking
@@ -78,16 +77,9 @@ def dataset_name(params: Params) -> str:
     return params.train.dataset or params.prepare.name
 
 
-def local_absolute(uri: str) -> str:
-    """A local path made absolute (``s3://`` as it is): Ray Train runs each worker in a working folder of
-    its own, where a relative path (``storage.root: data/store``) names another folder, so a worker would
-    neither find the checkpoints to resume from nor the names already taken."""
-    return uri if storage.is_s3(uri) else str(Path(uri).absolute())
-
-
 def find_shards(ds: Dataset) -> tuple[list[str], list[str]]:
     """Train and val shards of the published dataset, from its verified manifest (the dataset handle)."""
-    train, val = ([local_absolute(u) for u in ds.uris(s)] for s in ("train", "val"))
+    train, val = (ds.uris(s) for s in ("train", "val"))
     missing = [s for s, u in (("train", train), ("val", val)) if not u]
     if missing:
         raise UserError(
@@ -386,7 +378,7 @@ def check_inputs(params: Params) -> Inputs:
     t = params.train
     store = Store.from_config(params.storage)
     store.check_bucket()
-    ds = open_dataset(store, dataset_name(params))
+    ds = open_dataset(store.anchored(), dataset_name(params))  # the workers read its shards from their folders
     train_uris, val_uris = find_shards(ds)
     n_train = ds.rows("train")  # the manifest's count, checked against each shard's Parquet footer
     if n_train // t.num_workers < t.batch_size:
@@ -451,10 +443,10 @@ def train(
         gen_spec=gen_spec,
         train_uris=train_uris,
         val_uris=val_uris,
-        store=store,
+        store=store.anchored(),
         run_id=run_id,
         tracking_uri=uri,
-        checkpoint_root=local_absolute(store.uri("ray", key)),
+        checkpoint_root=store.anchored().uri("ray", key),
         image_size=image_size,
     )
     prior_status = resume_report(store, worker.checkpoint_root, run_id, t.restart_if_damaged)

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import time
+from pathlib import Path
 
 from components import tracking
 from components.config import Params
@@ -158,11 +159,11 @@ def _first_line(text: str, limit: int = 160) -> str:
 
 
 def absolute_paths(params: Params) -> Params:
-    """A copy with the local storage root and dataset card as absolute paths (``launch.local_absolute``):
-    Tune trials run in other working directories, and what they read must be what the driver planned with."""
+    """A copy with the storage root (``Store.anchored``) and dataset card as absolute paths: Tune trials
+    run in other working directories, and what they read must be what the driver planned with."""
     p = copy.deepcopy(params)
-    p.storage.root = launch.local_absolute(p.storage.root)
-    p.prepare.card = launch.local_absolute(p.prepare.card)
+    p.storage.root = Store.from_config(p.storage).anchored().root
+    p.prepare.card = str(Path(p.prepare.card).absolute())
     return p
 
 

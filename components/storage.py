@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from components.workspace import main_workspace
+
 TIMEOUT_ENV = "HARMONIZE_S3_TIMEOUT_S"  # connect / read timeout of boto3 calls (default: botocore's 60 s)
 HASH_CHUNK = 8 << 20
 
@@ -55,8 +57,6 @@ def resolve_root(root: str) -> str:
     a DVC temporary workspace (``workspace.main_workspace``), where a relative root is the project's,
     unless DVC checked the datasets out into the workspace (``prepare``'s output): then the workspace is
     self-contained, and a ``prepare`` rerun inside it writes where DVC looks for its output."""
-    from components.workspace import main_workspace
-
     if is_s3(root) or Path(root).is_absolute():
         return root
     main = main_workspace()

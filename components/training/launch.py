@@ -438,15 +438,16 @@ def train(
     )  # fmt: skip
     log.info("train key %s, MLflow run %s (%s)", key, run_id, "resumed" if resumed else "new")
 
+    workers_store = store.anchored()  # the workers run in folders of their own
     worker = WorkerConfig(
         params=params,
         gen_spec=gen_spec,
         train_uris=train_uris,
         val_uris=val_uris,
-        store=store.anchored(),
+        store=workers_store,
         run_id=run_id,
         tracking_uri=uri,
-        checkpoint_root=store.anchored().uri("ray", key),
+        checkpoint_root=workers_store.uri("ray", key),
         image_size=image_size,
     )
     prior_status = resume_report(store, worker.checkpoint_root, run_id, t.restart_if_damaged)

@@ -22,6 +22,7 @@ PY = sys.executable
 # A tiny RainNet at 32x32 (5 U-Net blocks) and batches of 4: seconds per epoch on a busy CPU.
 TINY = [
     "model.generator.ngf=4",
+    "model.generator.members=1",  # the default trains two networks; one is enough where ensembles are not tested
     "model.discriminator.ndf=4",
     "model.domain_discriminator.ndf=4",
     "train.batch_size=4",

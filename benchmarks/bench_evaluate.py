@@ -36,8 +36,11 @@ def one(tree: str, limit: int | None, batch_size: int) -> dict:
 
     import torch
 
-    from components.checkpoint import load_generator
     from components.config import load_params
+    try:
+        from components.tracking.model_files import load_generator  # any URI, MLflow's too
+    except ImportError:  # a --before revision that read every URI in components.checkpoint
+        from components.checkpoint import load_generator  # type: ignore[no-redef]
     try:
         from components.evaluation import scoring as evaluation
         from components.inference.predictor import Predictor

@@ -2,8 +2,10 @@
 
 One self-describing file: the registry spec rebuilds the network, the state dict fills it, strictly, so
 weights that do not fit the architecture fail loudly instead of leaving layers at their initial values
-(a bug of the authors' code). It can be read from a path, ``s3://``, ``runs:/<id>/model`` or
-``models:/<name>@<alias>`` (the last two resolve to the generator file inside the logged MLflow model).
+(a bug of the authors' code). This module reads it from a path or ``s3://``; the MLflow forms
+(``runs:/<id>/model``, ``models:/<name>@<alias>``: the generator file inside the logged MLflow model,
+checked against the tracking store's hash) are read by ``components.tracking.model_files``, behind the
+MLflow boundary.
 """
 
 from __future__ import annotations
@@ -11,10 +13,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "harmonize-generator/1"
 MLFLOW_ARTIFACT = "generator.pt"  # file name inside the MLflow model's artifacts
+MLFLOW_SCHEMES = ("runs:/", "models:/")  # read by components.tracking.model_files (hash-checked)
 # sha256 of the generator file, recorded in the tracking store (run tag at log time, registered-version
 # tag at register time): what an artifact-store file is checked against before it is unpickled.
 HASH_TAG = "generator_sha256"
@@ -76,99 +77,6 @@ def save_generator(
     return payload
 
 
-def _mlflow_local_file(uri: str) -> str:
-    """Download a ``runs:/`` or ``models:/`` model and return the generator file inside it."""
-    import mlflow
-
-    try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
-    except Exception as exc:  # MlflowException, missing run/alias, unreachable server
-        raise CheckpointError(f"{uri}: cannot download from MLflow: {exc}") from exc
-    if os.path.isfile(local):
-        return local
-    for candidate in (
-        Path(local, "data", MLFLOW_ARTIFACT),  # the model's data (components.pyfunc_loader)
-        Path(local, "artifacts", MLFLOW_ARTIFACT),  # models logged from code before it
-        Path(local, MLFLOW_ARTIFACT),
-    ):
-        if candidate.is_file():
-            return str(candidate)
-    raise CheckpointError(f"{uri}: no {MLFLOW_ARTIFACT} inside the downloaded MLflow model at {local}")
-
-
-@dataclass(frozen=True)
-class ModelRecord:
-    """What the tracking store (never the artifact store) says about a ``runs:/`` or ``models:/`` model:
-    the training run it comes from and the generator file's sha256 recorded when it was logged."""
-
-    run_id: str | None
-    sha256: str | None
-    where: str  # what was consulted, for messages: "run <id>", "logged model m-...", "rainnet v3"
-
-
-def _logged_model_hash(client, model_id: str | None) -> tuple[str | None, str | None]:
-    """(source run id, hash tag) of a logged model (``m-...``); Nones when it has neither."""
-    if not model_id:
-        return None, None
-    lm = client.get_logged_model(model_id)
-    return lm.source_run_id, (lm.tags or {}).get(HASH_TAG)
-
-
-def _run_hash(client, run_id: str | None) -> str | None:
-    return client.get_run(run_id).data.tags.get(HASH_TAG) if run_id else None
-
-
-def model_record(uri: str) -> ModelRecord:
-    """The tracking store's record of every MLflow model URI form: ``runs:/<id>/model``,
-    ``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``models:/<name>[/latest]`` and
-    ``models:/m-<id>`` (a logged model, the source a registered version points to). A registered
-    version's own tag comes first (it keeps the hash of its file whatever the run logs later), then
-    its logged model's, then its run's."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient()
-    try:
-        if uri.startswith("runs:/"):
-            run_id = uri[len("runs:/") :].split("/", 1)[0]
-            return ModelRecord(run_id, _run_hash(client, run_id), f"run {run_id}")
-        ref = uri[len("models:/") :].strip("/").split("/")
-        if ref[0].startswith("m-") and len(ref) == 1:
-            run_id, digest = _logged_model_hash(client, ref[0])
-            return ModelRecord(run_id, digest or _run_hash(client, run_id), f"logged model {ref[0]}")
-        if "@" in ref[0]:
-            name, alias = ref[0].split("@", 1)
-            mv = client.get_model_version_by_alias(name, alias)
-        elif len(ref) > 1 and ref[1].isdigit():
-            mv = client.get_model_version(ref[0], ref[1])
-        elif len(ref) == 1 or ref[1] == "latest":
-            found = client.search_model_versions(f"name = '{ref[0]}'")
-            if not found:
-                raise CheckpointError(f"{uri}: no registered model {ref[0]!r} with a version")
-            mv = max(found, key=lambda v: int(v.version))
-        else:
-            raise CheckpointError(f"{uri}: not a model URI this project can check (models:/<name>@<alias>, "
-                                  "models:/<name>/<version>, models:/m-<id> or runs:/<id>/model)")  # fmt: skip
-        run_id, digest = _logged_model_hash(client, getattr(mv, "model_id", None))
-        digest = mv.tags.get(HASH_TAG) or digest or _run_hash(client, mv.run_id)
-        return ModelRecord(mv.run_id or run_id, digest, f"{mv.name} v{mv.version}")
-    except MlflowException as exc:
-        raise CheckpointError(f"{uri}: cannot read its record from MLflow: {exc}") from exc
-
-
-def recorded_sha256(uri: str) -> str:
-    """The generator sha256 the tracking store recorded for a ``runs:/`` or ``models:/`` URI;
-    ``CheckpointError`` when it recorded none: an unverifiable file is never loaded."""
-    record = model_record(uri)
-    if not record.sha256:
-        raise CheckpointError(
-            f"{uri}: the tracking store has no {HASH_TAG} for {record.where}, so the generator file in "
-            "the artifact store cannot be checked; refusing to load it (log the model again with "
-            "components.tracking.models.log_generator_model)"
-        )
-    return record.sha256
-
-
 def check_file_hash(data: bytes, expected: str, uri: str) -> None:
     """``CheckpointError`` unless ``data`` hashes to ``expected`` (the tracking store's record)."""
     got = sha256_hex(data)
@@ -179,24 +87,19 @@ def check_file_hash(data: bytes, expected: str, uri: str) -> None:
         )
 
 
-def _verified_mlflow_bytes(uri: str) -> bytes:
-    """The generator file of an MLflow model, checked against the hash the tracking store recorded."""
-    expected = recorded_sha256(uri)  # first: an unknown model is not even downloaded
-    data = Path(_mlflow_local_file(uri)).read_bytes()
-    check_file_hash(data, expected, uri)
-    return data
+def is_mlflow_uri(uri: str) -> bool:
+    return str(uri).startswith(MLFLOW_SCHEMES)
 
 
 def read_payload(uri: str, map_location: str | torch.device = "cpu", store: Store | None = None) -> dict[str, Any]:
-    """Read and check the file's dict without building the network (MLflow models: hash first)."""
+    """Read and check the file's dict without building the network: a path or ``s3://`` (MLflow model
+    URIs: ``components.tracking.model_files``, which checks the recorded hash first)."""
     uri = str(uri)
+    if is_mlflow_uri(uri):
+        raise CheckpointError(f"{uri}: an MLflow model URI; components.tracking.model_files reads it "
+                              "(checked against the hash the tracking store recorded)")  # fmt: skip
     try:
-        if uri.startswith(("runs:/", "models:/")):
-            data = _verified_mlflow_bytes(uri)
-        else:
-            data = (store or Store()).read_bytes(uri)
-    except CheckpointError:
-        raise
+        data = (store or Store()).read_bytes(uri)
     except (FileNotFoundError, OSError) as exc:
         raise CheckpointError(f"{uri}: cannot read the generator file: {exc}") from exc
     return parse_payload(data, uri, map_location)
@@ -237,8 +140,15 @@ def model_from_payload(payload: dict[str, Any], where: str = "generator") -> tor
 def load_generator(
     uri: str, map_location: str | torch.device = "cpu", store: Store | None = None
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """``(generator in eval mode, info)``; info has ``spec``, ``image_size`` and ``meta``."""
-    payload = read_payload(uri, map_location=map_location, store=store)
+    """``(generator in eval mode, info)`` from a path or ``s3://``; info has ``spec``, ``image_size`` and
+    ``meta`` (any URI, MLflow's too: ``components.tracking.model_files.load_generator``)."""
+    return generator_from_payload(read_payload(uri, map_location=map_location, store=store), uri, map_location)
+
+
+def generator_from_payload(
+    payload: dict[str, Any], uri: str, map_location: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``load_generator``'s result from a payload already read."""
     model = model_from_payload(payload, where=str(uri))
     model.to(map_location)
     info = {k: v for k, v in payload.items() if k != "state_dict"}

@@ -10,8 +10,9 @@ the environment (the installed ``harmonize-pipeline``, as in ``infra/Dockerfile`
 artifact store is not a way to run code in the loader (no pickle, no ``code_paths``). The generator
 file's sha256 is recorded in the tracking store only (the run tag and the logged model's tag
 ``generator_sha256``, copied onto the registered version by ``register``); ``_load_pyfunc`` and
-``components.checkpoint`` (every ``runs:/`` and ``models:/`` form) check the file against it before
-``torch.load(weights_only=True)``, and refuse a file nothing recorded."""
+``components.tracking.model_files`` (every ``runs:/`` and ``models:/`` form) check the file against it
+before ``torch.load(weights_only=True)``, and refuse a file nothing recorded. This module imports no
+MLflow itself: MLflow calls it."""
 
 from __future__ import annotations
 
@@ -49,39 +50,17 @@ def _find_mlmodel(path: Path) -> Path | None:
     return None
 
 
-def _recorded_for(mlmodel: Path | None, where: str) -> str:
-    """The hash the tracking store recorded for the model whose MLmodel this is. The MLmodel only names
-    the model (its ids); the hash itself never comes from the artifact store."""
-    from mlflow.models import Model
-
-    from components.checkpoint import CheckpointError, model_record, recorded_sha256
-
-    meta = Model.load(str(mlmodel)) if mlmodel else None
-    model_id, run_id = getattr(meta, "model_id", None), getattr(meta, "run_id", None)
-    if not (model_id or run_id):
-        raise CheckpointError(f"{where}: not an MLflow model logged to a tracking store (no run or model id); "
-                              "refusing to load an unverifiable generator")  # fmt: skip
-    if model_id:
-        uri = f"models:/{model_id}"
-        source_run = model_record(uri).run_id
-        if run_id and source_run and source_run != run_id:
-            raise CheckpointError(f"{where}: the MLmodel names run {run_id} but logged model {model_id} comes "
-                                  f"from run {source_run}; refusing to load it")  # fmt: skip
-    else:
-        uri = f"runs:/{run_id}/{MODEL_NAME}"
-    return recorded_sha256(uri)
-
-
 def _load_pyfunc(data_path: str, model_config=None) -> GeneratorModel:
     """MLflow's entry point (``loader_module``): the generator file checked against the tracking store,
     then loaded with ``weights_only``."""
     from components.checkpoint import check_file_hash, model_from_payload, parse_payload
     from components.inference.predictor import Predictor
+    from components.tracking.model_files import recorded_for_mlmodel
 
     path = Path(data_path)
     if path.is_dir():
         path = path / MLFLOW_ARTIFACT
-    expected = _recorded_for(_find_mlmodel(path), str(path))
+    expected = recorded_for_mlmodel(_find_mlmodel(path), str(path), MODEL_NAME)
     data = path.read_bytes()
     check_file_hash(data, expected, str(path))
     payload = parse_payload(data, str(path))

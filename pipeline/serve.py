@@ -6,7 +6,7 @@ models serve`` answers such a body with a bare 500: docs/FAULTS.md).
     python -m pipeline.serve -m models:/rainnet/3 -p 5002 --tracking-uri http://mlflow:5000
 
 The request (the two image files, base64, or uint8 lists) and a client: docs/STAGES.md, "Serving the
-registry's model". The app is ``components.inference.serving_io.serve``.
+registry's model". The app is ``components.tracking.serving.serve``.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from components import tracking  # MLflow: after --help
     from components.errors import UserError
-    from components.inference import serving_io
+    from components.tracking import serving
 
     try:
         tracking.configure_reader(args.tracking_uri)  # an existing store: serving creates none
     except LookupError as exc:
         raise UserError(f"model {args.model_uri}: {exc}") from None
-    serving_io.serve(args.model_uri, args.host, args.port)
+    serving.serve(args.model_uri, args.host, args.port)
     return 0
 
 

@@ -334,8 +334,9 @@ class Predictor:
     ) -> Predictor:
         """The one way a stage gets a predictor: the generator file at ``uri`` (a path, ``s3://`` through
         ``store``, ``runs:/<id>/model`` or ``models:/<name>@<alias>``), checked and loaded by
-        ``components.checkpoint``; ``CheckpointError`` when it is not a generator file or fails its hash."""
-        from components.checkpoint import load_generator
+        ``components.tracking.model_files`` (MLflow URIs: hash first) and ``components.checkpoint``;
+        ``CheckpointError`` when it is not a generator file or fails its hash."""
+        from components.tracking.model_files import load_generator
 
         model, info = load_generator(uri, map_location="cpu", store=store)
         return cls.from_generator(model, info, device=device, image_size=image_size, **kwargs)

@@ -233,16 +233,6 @@ class NestingGuard:
         await self.app(scope, replay, send)
 
 
-def serve(model_uri: str, host: str = "127.0.0.1", port: int = 5001) -> None:
-    """MLflow's scoring server for ``model_uri`` (what ``mlflow models serve --env-manager local`` runs,
-    one worker) behind ``NestingGuard``."""
-    import uvicorn
-    from mlflow.pyfunc import scoring_server
-
-    app = scoring_server.init(scoring_server.load_model_with_mlflow_config(model_uri))
-    uvicorn.run(NestingGuard(app), host=host, port=port)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     from PIL import Image
 

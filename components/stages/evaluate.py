@@ -26,9 +26,10 @@ def model_run_id(uri: str, info: dict, store: Store | None = None) -> str | None
     ``models:/`` URI resolves to (its file was checked against that run's record when it loaded). A
     file's own ``meta.run_id`` is only a claim: it is taken when that run recorded this very file's
     sha256, else the evaluation is not carried to any training run."""
-    from components.checkpoint import CheckpointError, model_record, sha256_hex
+    from components.checkpoint import CheckpointError, is_mlflow_uri, sha256_hex
+    from components.tracking.model_files import model_record
 
-    if uri.startswith(("runs:/", "models:/")):
+    if is_mlflow_uri(uri):
         try:
             return model_record(uri).run_id
         except CheckpointError as exc:

@@ -15,10 +15,11 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from components.checkpoint import HASH_TAG, CheckpointError, model_record, nonfinite_keys, read_payload
+from components.checkpoint import HASH_TAG, CheckpointError, nonfinite_keys
 from components.errors import UserError
 from components.evaluation import metrics
 from components.evaluation.promotion import Decision
+from components.tracking.model_files import model_record, read_payload
 
 log = logging.getLogger(__name__)
 

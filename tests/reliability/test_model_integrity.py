@@ -18,11 +18,12 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
-from components.checkpoint import HASH_TAG, CheckpointError, load_generator, save_generator
+from components.checkpoint import HASH_TAG, CheckpointError, save_generator
 from components.config import load_params
 from components.errors import UserError
 from components.stages.evaluate import model_run_id
 from components.tracking import registry as reg
+from components.tracking.model_files import load_generator
 from components.tracking.models import input_example, log_generator_model
 from components.training import engine
 from tests.train.conftest import REPO, TINY

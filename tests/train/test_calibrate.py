@@ -156,7 +156,7 @@ def test_the_train_stage_ships_the_fitted_strength(tiny_local, ray_cluster):
     strength fitted on val, and the fit is never worse on val than the model as trained."""
     from mlflow import MlflowClient
 
-    from components.checkpoint import load_generator
+    from components.tracking.model_files import load_generator  # a path and a runs:/ URI
     from tests.train.conftest import TINY, read_json, run_train
 
     proj, root = tiny_local["proj"], tiny_local["root"]

@@ -206,9 +206,9 @@ def _groups(harmonizer: Predictor, pairs, store: Store, skipped: list, bar):
 def load(cfg: HarmonizeConfig, tracking_uri: str | None = None) -> Predictor:
     """The predictor for ``cfg.model``; a ``runs:/`` or ``models:/`` model is read from an existing
     MLflow store (``tracking_uri``, ``MLFLOW_TRACKING_URI`` or the project's), never a new empty one."""
-    from components.checkpoint import CheckpointError
+    from components.checkpoint import CheckpointError, is_mlflow_uri
 
-    if cfg.model.startswith(("runs:/", "models:/")):
+    if is_mlflow_uri(cfg.model):
         try:
             tracking.configure_reader(tracking_uri)
         except LookupError as exc:
